@@ -1,0 +1,184 @@
+//! The system of record: one [`Store`] trait, a PostgreSQL backend for clusters and an
+//! embedded SQLite backend for `poolgate standalone`. Both run the same contract tests.
+//!
+//! Upstream credentials are encrypted at rest with AES-256-GCM ([`crypto::Cipher`]); platform
+//! keys and admin tokens are stored only as SHA-256 hashes.
+
+pub mod crypto;
+pub mod error;
+pub mod postgres;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use poolgate_core::authjson::ImportedCodexAuth;
+use poolgate_core::page::PageRequest;
+use poolgate_core::{
+    Account, AccountPatch, AccountSpec, AccountStatus, AdminToken, AuditEvent, CodexIdentity,
+    Credentials,
+    KeyPatch, LogFilter, LogSummary, PlatformKey, Provider, RequestLog, RoutingPolicy,
+    UsageSnapshot,
+};
+
+pub use crypto::Cipher;
+pub use error::StoreError;
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One page of a listing; `next` is the opaque token for the following page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}
+
+/// Filters for account listings; every set field must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountFilter {
+    pub group: Option<String>,
+    pub provider: Option<Provider>,
+    pub status: Option<AccountStatus>,
+}
+
+/// What happened to one imported auth.json item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImportOutcome {
+    Created(Account),
+    Updated(Account),
+    /// The item was not written; the message says why.
+    Failed(String),
+}
+
+/// Kinds of resources whose changes gateways follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResourceKind {
+    Account,
+    Key,
+    Policy,
+}
+
+impl ResourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Account => "account",
+            ResourceKind::Key => "key",
+            ResourceKind::Policy => "policy",
+        }
+    }
+}
+
+/// One entry of the change log: resource `id` of `kind` changed (or was removed) at `version`.
+/// Versions are global and strictly increasing, so every control-plane replica computes the
+/// same deltas from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub version: i64,
+    pub kind: ResourceKind,
+    pub id: String,
+    pub deleted: bool,
+}
+
+/// Listing names used in page tokens.
+pub mod listing {
+    pub const ACCOUNTS: &str = "accounts";
+    pub const KEYS: &str = "keys";
+    pub const LOGS: &str = "logs";
+    pub const AUDIT: &str = "audit";
+}
+
+/// The system of record. Every mutation is one transaction that also writes its audit event
+/// (`actor` names who made it) and, for accounts, keys and the policy, a change-log entry.
+/// Invalid input is rejected before anything is written.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend this is (`postgres` or `sqlite`), for logs and metrics.
+    fn backend(&self) -> &'static str;
+
+    // --- accounts ---------------------------------------------------------------------------
+    /// Creates an account (`managed_by=api`). API-key providers need an API key; Codex
+    /// accounts need OAuth credentials and their identity, which must not exist yet
+    /// (`AlreadyExists` names the account that has it).
+    async fn create_account(
+        &self,
+        spec: AccountSpec,
+        credentials: Option<Credentials>,
+        identity: Option<CodexIdentity>,
+        actor: &str,
+    ) -> Result<Account>;
+    async fn get_account(&self, id: &str) -> Result<Account>;
+    /// Ordered by id.
+    async fn list_accounts(&self, filter: &AccountFilter, page: &PageRequest) -> Result<Page<Account>>;
+    async fn update_account(&self, id: &str, patch: &AccountPatch, actor: &str) -> Result<Account>;
+    /// Removes the account, its credentials and usage.
+    async fn delete_account(&self, id: &str, actor: &str) -> Result<()>;
+    /// Replaces an account's credentials (checked against its provider).
+    async fn set_credentials(&self, id: &str, credentials: &Credentials, actor: &str) -> Result<()>;
+    /// Decrypted credentials, for the control plane's own use (snapshots, refresh).
+    async fn get_credentials(&self, id: &str) -> Result<Option<Credentials>>;
+    /// Imports Codex logins: an item whose identity (subject, chatgpt_account_id) exists
+    /// updates that account's tokens and identity details and makes it active again (name,
+    /// group and priority are kept); otherwise a new account is created in `group`. Each item
+    /// is its own transaction; a failed item writes nothing.
+    async fn import_codex(
+        &self,
+        items: Vec<ImportedCodexAuth>,
+        group: &str,
+        actor: &str,
+    ) -> Result<Vec<ImportOutcome>>;
+
+    // --- usage ------------------------------------------------------------------------------
+    async fn set_usage(&self, account_id: &str, usage: &UsageSnapshot) -> Result<()>;
+    /// The latest usage of each listed account (accounts without usage are omitted).
+    async fn get_usage(&self, account_ids: &[String]) -> Result<Vec<(String, UsageSnapshot)>>;
+
+    // --- platform keys ----------------------------------------------------------------------
+    /// Stores a key whose `hash` the caller computed; the plaintext never reaches the store.
+    async fn create_key(&self, key: PlatformKey, actor: &str) -> Result<PlatformKey>;
+    async fn get_key(&self, id: &str) -> Result<PlatformKey>;
+    async fn list_keys(&self, page: &PageRequest) -> Result<Page<PlatformKey>>;
+    async fn update_key(&self, id: &str, patch: &KeyPatch, actor: &str) -> Result<PlatformKey>;
+    async fn delete_key(&self, id: &str, actor: &str) -> Result<()>;
+
+    // --- admin tokens -----------------------------------------------------------------------
+    async fn create_admin_token(&self, token: AdminToken, actor: &str) -> Result<AdminToken>;
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminToken>>;
+    async fn find_admin_token(&self, hash: &str) -> Result<Option<AdminToken>>;
+    async fn delete_admin_token(&self, id: &str, actor: &str) -> Result<()>;
+
+    // --- request logs -----------------------------------------------------------------------
+    /// Writes a batch (COPY on PostgreSQL, one transaction on SQLite). Records whose id
+    /// already exists are skipped, so a re-sent batch is harmless. Returns rows written.
+    async fn insert_request_logs(&self, logs: &[RequestLog]) -> Result<u64>;
+    /// Newest first (by time, then id).
+    async fn query_request_logs(&self, filter: &LogFilter, page: &PageRequest) -> Result<Page<RequestLog>>;
+    async fn summarize_request_logs(&self, filter: &LogFilter) -> Result<LogSummary>;
+    /// Deletes records older than `before_ms`; returns how many.
+    async fn prune_request_logs(&self, before_ms: i64) -> Result<u64>;
+
+    // --- routing policy ---------------------------------------------------------------------
+    /// The stored policy, or the default when none was set.
+    async fn get_policy(&self) -> Result<RoutingPolicy>;
+    async fn set_policy(&self, policy: &RoutingPolicy, actor: &str) -> Result<()>;
+
+    // --- audit and change log ---------------------------------------------------------------
+    /// Newest first.
+    async fn list_audit(&self, page: &PageRequest) -> Result<Page<AuditEvent>>;
+    /// The newest change-log version (0 when empty).
+    async fn current_version(&self) -> Result<i64>;
+    /// Changes with a version greater than `after`, oldest first, at most `limit`.
+    async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<Change>>;
+}
+
+/// Milliseconds since the epoch, from the system clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A new random id such as `acc_5f1c0e9a8b7d6c4e2f10`.
+pub fn new_id(prefix: &str) -> Result<String> {
+    let mut b = [0u8; 10];
+    getrandom::fill(&mut b).map_err(|e| StoreError::Internal(format!("no randomness: {e}")))?;
+    Ok(format!("{prefix}_{}", hex::encode(b)))
+}
