@@ -1,1 +1,257 @@
-//! The poolgate control plane.
+//! The poolgate control plane: the gRPC admin API (with health checking and server
+//! reflection), the admin HTTP server (`/healthz`, `/readyz`, `/metrics`) and background jobs
+//! (request-log retention), all over one [`Store`].
+//!
+//! [`bind`] opens both listeners (port 0 picks a free port) and [`ControlPlane::run`] serves
+//! until the shutdown future resolves; [`serve`] does both.
+
+pub mod auth;
+pub mod convert;
+pub mod error;
+mod http;
+pub mod import;
+pub mod metrics;
+pub mod retention;
+pub mod service;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use poolgate_proto::v1::admin_service_server::AdminServiceServer;
+use poolgate_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use auth::{BOOTSTRAP_ACTOR, BootstrapToken, generate_secret};
+pub use error::ControlError;
+pub use metrics::Metrics;
+pub use service::AdminApi;
+
+pub const DEFAULT_REQUEST_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long in-flight calls may take to finish once shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What the control plane needs besides its store.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// `host:port` of the gRPC listener.
+    pub grpc_listen: String,
+    /// `host:port` of the admin HTTP listener.
+    pub admin_listen: String,
+    /// Request logs older than this are deleted.
+    pub request_log_retention: Duration,
+    /// How often the retention job runs (it also runs at start).
+    pub retention_interval: Duration,
+    /// The bootstrap admin token (from `POOLGATE_ADMIN_TOKEN_FILE` or the data directory).
+    pub bootstrap_token: Option<BootstrapToken>,
+}
+
+impl ControlConfig {
+    pub fn new(grpc_listen: impl Into<String>, admin_listen: impl Into<String>) -> Self {
+        ControlConfig {
+            grpc_listen: grpc_listen.into(),
+            admin_listen: admin_listen.into(),
+            request_log_retention: DEFAULT_REQUEST_LOG_RETENTION,
+            retention_interval: DEFAULT_RETENTION_INTERVAL,
+            bootstrap_token: None,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ControlError> {
+        if self.request_log_retention < Duration::from_secs(60) {
+            return Err(ControlError::Config(
+                "the request-log retention must be at least 1 minute".into(),
+            ));
+        }
+        if self.retention_interval < Duration::from_secs(1) {
+            return Err(ControlError::Config(
+                "the retention interval must be at least 1s".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A control plane whose listeners are bound but not yet serving.
+pub struct ControlPlane {
+    config: ControlConfig,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    grpc: TcpListener,
+    admin: TcpListener,
+    grpc_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("admin_addr", &self.admin_addr)
+            .field("store", &self.store.backend())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+async fn listen(what: &'static str, addr: &str) -> Result<(TcpListener, SocketAddr), ControlError> {
+    let err = |source| ControlError::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
+}
+
+/// Binds the gRPC and admin listeners.
+pub async fn bind(
+    config: ControlConfig,
+    store: Arc<dyn Store>,
+) -> Result<ControlPlane, ControlError> {
+    config.validate()?;
+    let (grpc, grpc_addr) = listen("gRPC", &config.grpc_listen).await?;
+    let (admin, admin_addr) = listen("admin HTTP", &config.admin_listen).await?;
+    Ok(ControlPlane {
+        config,
+        store,
+        metrics: Arc::new(Metrics::new()),
+        grpc,
+        admin,
+        grpc_addr,
+        admin_addr,
+    })
+}
+
+/// Binds and serves until `shutdown` resolves.
+pub async fn serve(
+    config: ControlConfig,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ControlError> {
+    bind(config, store).await?.run(shutdown).await
+}
+
+impl ControlPlane {
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Serves gRPC, admin HTTP and the retention job until `shutdown` resolves, then stops
+    /// accepting, lets in-flight calls finish (up to 10 s) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ControlError> {
+        let ControlPlane {
+            config,
+            store,
+            metrics,
+            grpc,
+            admin,
+            grpc_addr,
+            admin_addr,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<AdminServiceServer<AdminApi>>().await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(poolgate_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        // grpcurl before 1.8.8 speaks only v1alpha.
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(poolgate_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let api = AdminApi::new(
+            store.clone(),
+            config.bootstrap_token.clone(),
+            metrics.clone(),
+        );
+
+        let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
+        let mut grpc_stop = stop_rx.clone();
+        let grpc_server = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(api.into_server())
+            .serve_with_incoming_shutdown(incoming, async move {
+                stopped(&mut grpc_stop).await;
+            });
+
+        let admin_state = http::AdminState {
+            store: store.clone(),
+            metrics: metrics.clone(),
+        };
+        let admin_server = tokio::spawn(http::serve(admin, admin_state, stop_rx.clone()));
+        let retention = tokio::spawn(retention::run(
+            store.clone(),
+            metrics.clone(),
+            config.request_log_retention,
+            config.retention_interval,
+            stop_rx.clone(),
+        ));
+
+        tracing::info!(grpc_listen = %grpc_addr, "control plane gRPC listening");
+        tracing::info!(admin_listen = %admin_addr, "admin HTTP listening");
+        tracing::info!(
+            store = store.backend(),
+            request_log_retention = %humantime::format_duration(config.request_log_retention),
+            "control plane started"
+        );
+
+        let mut grpc_task = tokio::spawn(grpc_server);
+        tokio::pin!(shutdown);
+        // Serve until asked to stop, or until the gRPC server fails on its own.
+        let early = tokio::select! {
+            r = &mut grpc_task => Some(r),
+            _ = &mut shutdown => None,
+        };
+        tracing::info!("shutting down the control plane");
+        health
+            .set_not_serving::<AdminServiceServer<AdminApi>>()
+            .await;
+        let _ = stop_tx.send(true);
+        let result = match early {
+            Some(r) => r,
+            None => match tokio::time::timeout(SHUTDOWN_GRACE, &mut grpc_task).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("gRPC calls still running after 10s; closing them");
+                    grpc_task.abort();
+                    Ok(Ok(()))
+                }
+            },
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, admin_server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("admin HTTP connections still open after 10s; closing them");
+        }
+        retention.abort();
+        match result {
+            Ok(r) => r.map_err(ControlError::from),
+            Err(join) => Err(ControlError::Task(join.to_string())),
+        }
+    }
+}

@@ -172,7 +172,10 @@ impl AccountSpec {
         validate_label("group", &self.group)?;
         validate_tags(&self.tags)?;
         if !(-1_000_000..=1_000_000).contains(&self.priority) {
-            return Err(Error::invalid("priority", "must be between -1000000 and 1000000"));
+            return Err(Error::invalid(
+                "priority",
+                "must be between -1000000 and 1000000",
+            ));
         }
         if self.note.chars().count() > 1024 {
             return Err(Error::invalid("note", "at most 1024 characters"));
@@ -189,17 +192,26 @@ impl AccountSpec {
         }
         match (self.provider, &self.azure) {
             (Provider::AzureOpenAi, None) => {
-                return Err(Error::invalid("azure", "azure_openai accounts need a deployment and an api_version"));
+                return Err(Error::invalid(
+                    "azure",
+                    "azure_openai accounts need a deployment and an api_version",
+                ));
             }
             (Provider::AzureOpenAi, Some(az)) => {
                 if self.base_url.is_none() {
-                    return Err(Error::invalid("base_url", "azure_openai accounts need their endpoint as base_url"));
+                    return Err(Error::invalid(
+                        "base_url",
+                        "azure_openai accounts need their endpoint as base_url",
+                    ));
                 }
                 validate_label("azure.deployment", &az.deployment)?;
                 validate_label("azure.api_version", &az.api_version)?;
             }
             (_, Some(_)) => {
-                return Err(Error::invalid("azure", "only azure_openai accounts take azure settings"));
+                return Err(Error::invalid(
+                    "azure",
+                    "only azure_openai accounts take azure settings",
+                ));
             }
             (_, None) => {}
         }
@@ -299,7 +311,10 @@ impl AccountPatch {
         }
         if let Some((st, reason)) = self.status {
             if st == AccountStatus::Active && reason.is_some() {
-                return Err(Error::invalid("status_reason", "an active account has no reason"));
+                return Err(Error::invalid(
+                    "status_reason",
+                    "an active account has no reason",
+                ));
             }
             a.status = st;
             a.status_reason = reason;
@@ -323,10 +338,19 @@ pub(crate) fn validate_name(field: &'static str, v: &str) -> Result<(), Error> {
 /// Groups, tags, deployments: short identifiers that end up in URLs and label selectors.
 pub(crate) fn validate_label(field: &'static str, v: &str) -> Result<(), Error> {
     if v.is_empty() || v.len() > 63 {
-        return Err(Error::invalid(field, format!("{v:?} must be 1 to 63 characters")));
+        return Err(Error::invalid(
+            field,
+            format!("{v:?} must be 1 to 63 characters"),
+        ));
     }
-    if !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(Error::invalid(field, format!("{v:?} may only contain letters, digits, '-', '_' and '.'")));
+    if !v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(Error::invalid(
+            field,
+            format!("{v:?} may only contain letters, digits, '-', '_' and '.'"),
+        ));
     }
     Ok(())
 }
@@ -345,10 +369,16 @@ fn validate_tags(tags: &[String]) -> Result<(), Error> {
 /// encrypted credential store, not in a plaintext column).
 pub(crate) fn validate_url(field: &'static str, v: &str, schemes: &[&str]) -> Result<(), Error> {
     let Some((scheme, rest)) = v.split_once("://") else {
-        return Err(Error::invalid(field, format!("{v:?} is not an absolute URL")));
+        return Err(Error::invalid(
+            field,
+            format!("{v:?} is not an absolute URL"),
+        ));
     };
     if !schemes.contains(&scheme.to_ascii_lowercase().as_str()) {
-        return Err(Error::invalid(field, format!("scheme must be one of {}", schemes.join(", "))));
+        return Err(Error::invalid(
+            field,
+            format!("scheme must be one of {}", schemes.join(", ")),
+        ));
     }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.is_empty() {
@@ -358,7 +388,10 @@ pub(crate) fn validate_url(field: &'static str, v: &str, schemes: &[&str]) -> Re
         return Err(Error::invalid(field, "URL must not carry credentials"));
     }
     if v.len() > 2048 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(Error::invalid(field, "URL is too long or contains whitespace"));
+        return Err(Error::invalid(
+            field,
+            "URL is too long or contains whitespace",
+        ));
     }
     Ok(())
 }
@@ -369,7 +402,10 @@ mod tests {
 
     #[test]
     fn provider_parsing() {
-        assert_eq!("Azure-OpenAI".parse::<Provider>().unwrap(), Provider::AzureOpenAi);
+        assert_eq!(
+            "Azure-OpenAI".parse::<Provider>().unwrap(),
+            Provider::AzureOpenAi
+        );
         assert_eq!("codex".parse::<Provider>().unwrap(), Provider::Codex);
         let err = "gemini".parse::<Provider>().unwrap_err();
         assert_eq!(
@@ -380,14 +416,25 @@ mod tests {
 
     #[test]
     fn spec_validation() {
-        let ok = AccountSpec::new(Provider::OpenAi, " main ").validate().unwrap();
+        let ok = AccountSpec::new(Provider::OpenAi, " main ")
+            .validate()
+            .unwrap();
         assert_eq!(ok.name, "main");
         assert_eq!(ok.group, "default");
 
         let mut s = AccountSpec::new(Provider::AzureOpenAi, "az");
         assert!(s.clone().validate().is_err());
-        s.azure = Some(AzureConfig { deployment: "gpt4o".into(), api_version: "2024-10-21".into() });
-        assert!(matches!(s.clone().validate(), Err(Error::Invalid { field: "base_url", .. })));
+        s.azure = Some(AzureConfig {
+            deployment: "gpt4o".into(),
+            api_version: "2024-10-21".into(),
+        });
+        assert!(matches!(
+            s.clone().validate(),
+            Err(Error::Invalid {
+                field: "base_url",
+                ..
+            })
+        ));
         s.base_url = Some("https://x.openai.azure.com".into());
         assert!(s.validate().is_ok());
 
@@ -398,7 +445,10 @@ mod tests {
         assert!(s.clone().validate().is_err());
         s.base_url = Some("http://127.0.0.1:9/backend-api/codex".into());
         s.group = "team a".into();
-        assert!(matches!(s.validate(), Err(Error::Invalid { field: "group", .. })));
+        assert!(matches!(
+            s.validate(),
+            Err(Error::Invalid { field: "group", .. })
+        ));
     }
 
     #[test]
@@ -415,9 +465,17 @@ mod tests {
             created_at_ms: 1,
             updated_at_ms: 1,
         };
-        let p = AccountPatch { priority: Some(5), name: Some(String::new()), ..Default::default() };
+        let p = AccountPatch {
+            priority: Some(5),
+            name: Some(String::new()),
+            ..Default::default()
+        };
         assert!(p.apply(&acc).is_err());
-        let p = AccountPatch { priority: Some(5), base_url: Some(Some("http://h".into())), ..Default::default() };
+        let p = AccountPatch {
+            priority: Some(5),
+            base_url: Some(Some("http://h".into())),
+            ..Default::default()
+        };
         let b = p.apply(&acc).unwrap();
         assert_eq!(b.spec.priority, 5);
         assert_eq!(b.effective_base_url(), Some("http://h"));
@@ -425,7 +483,10 @@ mod tests {
             status: Some((AccountStatus::Unavailable, Some(StatusReason::AuthInvalid))),
             ..Default::default()
         };
-        assert_eq!(p.apply(&acc).unwrap().status_reason, Some(StatusReason::AuthInvalid));
+        assert_eq!(
+            p.apply(&acc).unwrap().status_reason,
+            Some(StatusReason::AuthInvalid)
+        );
     }
 }
 
@@ -435,8 +496,14 @@ mod serde_tests {
 
     #[test]
     fn enums_serialise_as_their_api_strings() {
-        assert_eq!(serde_json::to_string(&Provider::OpenAi).unwrap(), "\"openai\"");
-        assert_eq!(serde_json::from_str::<Provider>("\"azure\"").unwrap(), Provider::AzureOpenAi);
+        assert_eq!(
+            serde_json::to_string(&Provider::OpenAi).unwrap(),
+            "\"openai\""
+        );
+        assert_eq!(
+            serde_json::from_str::<Provider>("\"azure\"").unwrap(),
+            Provider::AzureOpenAi
+        );
         assert!(serde_json::from_str::<Provider>("\"x\"").is_err());
     }
 }

@@ -65,7 +65,10 @@ fn short_json_error(e: &serde_json::Error) -> String {
 }
 
 fn field<'a>(obj: &'a Value, names: &[&str]) -> Option<&'a Value> {
-    names.iter().find_map(|n| obj.get(*n)).filter(|v| !v.is_null())
+    names
+        .iter()
+        .find_map(|n| obj.get(*n))
+        .filter(|v| !v.is_null())
 }
 
 fn string_field(obj: &Value, names: &[&str], what: &str) -> Result<Option<String>, Error> {
@@ -88,18 +91,31 @@ pub fn parse_item(item: &Value) -> Result<ImportedCodexAuth, Error> {
     }
     let id_token = string_field(tokens, &["id_token", "idToken"], "tokens.id_token")?
         .ok_or_else(|| Error::AuthJson("tokens.id_token is missing".into()))?;
-    let access_token = string_field(tokens, &["access_token", "accessToken"], "tokens.access_token")?
-        .ok_or_else(|| Error::AuthJson("tokens.access_token is missing".into()))?;
-    let refresh_token =
-        string_field(tokens, &["refresh_token", "refreshToken"], "tokens.refresh_token")?
-            .unwrap_or_default();
+    let access_token = string_field(
+        tokens,
+        &["access_token", "accessToken"],
+        "tokens.access_token",
+    )?
+    .ok_or_else(|| Error::AuthJson("tokens.access_token is missing".into()))?;
+    let refresh_token = string_field(
+        tokens,
+        &["refresh_token", "refreshToken"],
+        "tokens.refresh_token",
+    )?
+    .unwrap_or_default();
     let account_id_field = string_field(
         tokens,
-        &["account_id", "accountId", "chatgpt_account_id", "chatgptAccountId"],
+        &[
+            "account_id",
+            "accountId",
+            "chatgpt_account_id",
+            "chatgptAccountId",
+        ],
         "tokens.account_id",
     )?;
 
-    let id = openai_claims(&id_token).map_err(|e| Error::AuthJson(format!("tokens.id_token: {e}")))?;
+    let id =
+        openai_claims(&id_token).map_err(|e| Error::AuthJson(format!("tokens.id_token: {e}")))?;
     // The access token is opaque for some issuers; its claims are a fallback only.
     let access = openai_claims(&access_token).unwrap_or_default();
     let subject = id
@@ -115,7 +131,9 @@ pub fn parse_item(item: &Value) -> Result<ImportedCodexAuth, Error> {
             Error::AuthJson("no chatgpt_account_id in tokens.account_id or the token claims".into())
         })?;
     if subject.len() > 256 || chatgpt_account_id.len() > 256 {
-        return Err(Error::AuthJson("subject or chatgpt_account_id longer than 256 bytes".into()));
+        return Err(Error::AuthJson(
+            "subject or chatgpt_account_id longer than 256 bytes".into(),
+        ));
     }
     let email = string_field(item, &["email"], "email")?.or(id.email.clone());
     let label = email.clone().unwrap_or_else(|| subject.clone());
@@ -140,7 +158,10 @@ pub fn parse_item(item: &Value) -> Result<ImportedCodexAuth, Error> {
 
 /// Parses a whole document: one result per item, in order.
 pub fn parse_document(doc: &str) -> Vec<Result<ImportedCodexAuth, Error>> {
-    split_document(doc).into_iter().map(|r| r.and_then(|v| parse_item(&v))).collect()
+    split_document(doc)
+        .into_iter()
+        .map(|r| r.and_then(|v| parse_item(&v)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -170,8 +191,10 @@ mod tests {
 
     #[test]
     fn camel_case_array_and_ndjson() {
-        let one = json!({"credentials": {"idToken": id_token("u2", "ws"), "accessToken": "opaque"}});
-        let two = json!({"idToken": id_token("u3", "ws"), "accessToken": "opaque", "refreshToken": "r"});
+        let one =
+            json!({"credentials": {"idToken": id_token("u2", "ws"), "accessToken": "opaque"}});
+        let two =
+            json!({"idToken": id_token("u3", "ws"), "accessToken": "opaque", "refreshToken": "r"});
         let arr = json!([one, two]).to_string();
         let r = parse_document(&arr);
         assert_eq!(r.len(), 2);
@@ -181,28 +204,62 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].as_ref().unwrap().identity.subject, "u3");
         // Same workspace, different members: different identities.
-        assert_ne!(r[0].as_ref().unwrap().identity.key(), r[1].as_ref().unwrap().identity.key());
+        assert_ne!(
+            r[0].as_ref().unwrap().identity.key(),
+            r[1].as_ref().unwrap().identity.key()
+        );
     }
 
     #[test]
     fn precise_errors() {
         let r = parse_document("{\"tokens\": {}}\n{oops");
         assert_eq!(r.len(), 2);
-        assert_eq!(r[0].as_ref().unwrap_err().to_string(), "tokens.id_token is missing");
-        assert!(r[1].as_ref().unwrap_err().to_string().starts_with("invalid JSON at line 2"));
+        assert_eq!(
+            r[0].as_ref().unwrap_err().to_string(),
+            "tokens.id_token is missing"
+        );
+        assert!(
+            r[1].as_ref()
+                .unwrap_err()
+                .to_string()
+                .starts_with("invalid JSON at line 2")
+        );
         let r = parse_document("[1]");
-        assert_eq!(r[0].as_ref().unwrap_err().to_string(), "item is not a JSON object");
-        let r = parse_document(&json!({"tokens": {"id_token": "x.y.z", "access_token": "a"}}).to_string());
-        assert!(r[0].as_ref().unwrap_err().to_string().starts_with("tokens.id_token: malformed token"));
-        let r = parse_document(&json!({"tokens": {"id_token": unsigned(&json!({"sub": "s"})), "access_token": "a"}}).to_string());
-        assert!(r[0].as_ref().unwrap_err().to_string().contains("no chatgpt_account_id"));
+        assert_eq!(
+            r[0].as_ref().unwrap_err().to_string(),
+            "item is not a JSON object"
+        );
+        let r = parse_document(
+            &json!({"tokens": {"id_token": "x.y.z", "access_token": "a"}}).to_string(),
+        );
+        assert!(
+            r[0].as_ref()
+                .unwrap_err()
+                .to_string()
+                .starts_with("tokens.id_token: malformed token")
+        );
+        let r = parse_document(
+            &json!({"tokens": {"id_token": unsigned(&json!({"sub": "s"})), "access_token": "a"}})
+                .to_string(),
+        );
+        assert!(
+            r[0].as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("no chatgpt_account_id")
+        );
         assert_eq!(parse_document("  ").len(), 1);
-        assert_eq!(parse_document("[]")[0].as_ref().unwrap_err().to_string(), "array is empty");
+        assert_eq!(
+            parse_document("[]")[0].as_ref().unwrap_err().to_string(),
+            "array is empty"
+        );
     }
 
     #[test]
     fn error_messages_never_echo_tokens() {
-        let r = parse_document(&json!({"tokens": {"id_token": 5, "access_token": "secret-access"}}).to_string());
+        let r = parse_document(
+            &json!({"tokens": {"id_token": 5, "access_token": "secret-access"}}).to_string(),
+        );
         let msg = r[0].as_ref().unwrap_err().to_string();
         assert!(!msg.contains("secret-access"), "{msg}");
     }

@@ -20,7 +20,9 @@ pub struct OAuthTokens {
 pub enum Credentials {
     #[serde(rename = "oauth")]
     OAuth(OAuthTokens),
-    ApiKey { key: Secret },
+    ApiKey {
+        key: Secret,
+    },
 }
 
 impl Credentials {
@@ -34,9 +36,9 @@ impl Credentials {
     /// Checks the credential suits the provider.
     pub fn check_for(&self, provider: crate::Provider) -> Result<(), crate::Error> {
         match (provider.uses_oauth(), self) {
-            (true, Credentials::OAuth(t)) if t.access_token.is_empty() => {
-                Err(crate::Error::invalid("credentials", "access token is empty"))
-            }
+            (true, Credentials::OAuth(t)) if t.access_token.is_empty() => Err(
+                crate::Error::invalid("credentials", "access token is empty"),
+            ),
             (true, Credentials::OAuth(_)) => Ok(()),
             (true, Credentials::ApiKey { .. }) => Err(crate::Error::invalid(
                 "credentials",
@@ -45,9 +47,9 @@ impl Credentials {
             (false, Credentials::ApiKey { key }) if key.expose().trim().is_empty() => {
                 Err(crate::Error::invalid("credentials", "API key is empty"))
             }
-            (false, Credentials::ApiKey { key }) if key.expose().len() > 4096 => {
-                Err(crate::Error::invalid("credentials", "API key is longer than 4096 bytes"))
-            }
+            (false, Credentials::ApiKey { key }) if key.expose().len() > 4096 => Err(
+                crate::Error::invalid("credentials", "API key is longer than 4096 bytes"),
+            ),
             (false, Credentials::ApiKey { .. }) => Ok(()),
             (false, Credentials::OAuth(_)) => Err(crate::Error::invalid(
                 "credentials",

@@ -41,10 +41,16 @@ pub fn validate_patterns(field: &'static str, patterns: &[String]) -> Result<(),
     }
     for p in patterns {
         if p.is_empty() || p.len() > 128 {
-            return Err(crate::Error::invalid(field, format!("pattern {p:?} must be 1 to 128 characters")));
+            return Err(crate::Error::invalid(
+                field,
+                format!("pattern {p:?} must be 1 to 128 characters"),
+            ));
         }
         if p.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(crate::Error::invalid(field, format!("pattern {p:?} contains whitespace or control characters")));
+            return Err(crate::Error::invalid(
+                field,
+                format!("pattern {p:?} contains whitespace or control characters"),
+            ));
         }
     }
     Ok(())

@@ -11,7 +11,9 @@ use crate::Error;
 pub fn claims(token: &str) -> Result<Value, Error> {
     let mut parts = token.split('.');
     let (Some(_), Some(payload), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(Error::Jwt("not a JWT (expected three dot-separated parts)".into()));
+        return Err(Error::Jwt(
+            "not a JWT (expected three dot-separated parts)".into(),
+        ));
     };
     if payload.len() > 64 * 1024 {
         return Err(Error::Jwt("payload larger than 64 KiB".into()));
@@ -43,10 +45,16 @@ const AUTH_CLAIM: &str = "https://api.openai.com/auth";
 
 pub fn openai_claims(token: &str) -> Result<OpenAiClaims, Error> {
     let v = claims(token)?;
-    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    let s = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
     let auth = v.get(AUTH_CLAIM).cloned().unwrap_or(Value::Null);
     let email = s(&v, "email").or_else(|| {
-        v.get("https://api.openai.com/profile").and_then(|p| s(p, "email"))
+        v.get("https://api.openai.com/profile")
+            .and_then(|p| s(p, "email"))
     });
     Ok(OpenAiClaims {
         sub: s(&v, "sub"),
@@ -61,7 +69,11 @@ pub fn openai_claims(token: &str) -> Result<OpenAiClaims, Error> {
 /// Builds an unsigned JWT with the given claims (tests and the mock issuer use it).
 pub fn unsigned(claims: &Value) -> String {
     let enc = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
-    format!("{}.{}.sig", enc(&serde_json::json!({"alg": "none", "typ": "JWT"})), enc(claims))
+    format!(
+        "{}.{}.sig",
+        enc(&serde_json::json!({"alg": "none", "typ": "JWT"})),
+        enc(claims)
+    )
 }
 
 #[cfg(test)]

@@ -82,11 +82,21 @@ impl KeySpec {
         validate_name("name", &self.name)?;
         glob::validate_patterns("allowed_models", &self.allowed_models)?;
         if let Some(m) = &self.model_override {
-            if m.is_empty() || m.len() > 128 || m.contains('*') || m.chars().any(char::is_whitespace) {
-                return Err(Error::invalid("model_override", "must be a model name of 1 to 128 characters without '*' or spaces"));
+            if m.is_empty()
+                || m.len() > 128
+                || m.contains('*')
+                || m.chars().any(char::is_whitespace)
+            {
+                return Err(Error::invalid(
+                    "model_override",
+                    "must be a model name of 1 to 128 characters without '*' or spaces",
+                ));
             }
             if !glob::allowed(&self.allowed_models, m) {
-                return Err(Error::invalid("model_override", format!("{m:?} is not among the key's allowed models")));
+                return Err(Error::invalid(
+                    "model_override",
+                    format!("{m:?} is not among the key's allowed models"),
+                ));
             }
         }
         if self.account_groups.len() > 64 {
@@ -195,22 +205,52 @@ mod tests {
 
     #[test]
     fn effort_aliases() {
-        assert_eq!("extra_high".parse::<ReasoningEffort>().unwrap(), ReasoningEffort::Xhigh);
-        assert_eq!("ULTRA".parse::<ReasoningEffort>().unwrap(), ReasoningEffort::Max);
+        assert_eq!(
+            "extra_high".parse::<ReasoningEffort>().unwrap(),
+            ReasoningEffort::Xhigh
+        );
+        assert_eq!(
+            "ULTRA".parse::<ReasoningEffort>().unwrap(),
+            ReasoningEffort::Max
+        );
         assert!("huge".parse::<ReasoningEffort>().is_err());
     }
 
     #[test]
     fn key_spec_rules() {
-        let s = KeySpec { name: "ci".into(), allowed_models: vec!["gpt-5*".into()], model_override: Some("gpt-4o".into()), ..Default::default() };
-        assert!(matches!(s.validate(), Err(Error::Invalid { field: "model_override", .. })));
-        let s = KeySpec { name: "ci".into(), account_groups: vec!["bad group".into()], ..Default::default() };
+        let s = KeySpec {
+            name: "ci".into(),
+            allowed_models: vec!["gpt-5*".into()],
+            model_override: Some("gpt-4o".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            s.validate(),
+            Err(Error::Invalid {
+                field: "model_override",
+                ..
+            })
+        ));
+        let s = KeySpec {
+            name: "ci".into(),
+            account_groups: vec!["bad group".into()],
+            ..Default::default()
+        };
         assert!(s.validate().is_err());
         let k = PlatformKey {
             id: "key_1".into(),
-            spec: KeySpec { name: "a".into(), expires_at_ms: Some(100), ..Default::default() },
-            prefix: "pgk_".into(), hash: "h".into(), status: KeyStatus::Active,
-            managed_by: ManagedBy::Api, managed_ref: None, created_at_ms: 0, updated_at_ms: 0,
+            spec: KeySpec {
+                name: "a".into(),
+                expires_at_ms: Some(100),
+                ..Default::default()
+            },
+            prefix: "pgk_".into(),
+            hash: "h".into(),
+            status: KeyStatus::Active,
+            managed_by: ManagedBy::Api,
+            managed_ref: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
         };
         assert!(k.usable_at(99));
         assert!(!k.usable_at(100));

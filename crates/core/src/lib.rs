@@ -14,6 +14,7 @@ pub mod log;
 pub mod page;
 pub mod policy;
 pub mod secret;
+pub mod snapshot;
 pub mod usage;
 
 pub use account::{

@@ -67,7 +67,10 @@ impl StatusClass {
         if (1..=5).contains(&class) {
             Ok(StatusClass(class))
         } else {
-            Err(crate::Error::invalid("status_class", "must be 1xx, 2xx, 3xx, 4xx or 5xx"))
+            Err(crate::Error::invalid(
+                "status_class",
+                "must be 1xx, 2xx, 3xx, 4xx or 5xx",
+            ))
         }
     }
     /// Parses `2xx`, `4XX` or a bare digit.
@@ -76,7 +79,10 @@ impl StatusClass {
         let digit = t.strip_suffix("xx").unwrap_or(&t);
         match digit.parse::<u8>() {
             Ok(d) => StatusClass::new(d),
-            Err(_) => Err(crate::Error::invalid("status_class", format!("{s:?} is not like 2xx or 5xx"))),
+            Err(_) => Err(crate::Error::invalid(
+                "status_class",
+                format!("{s:?} is not like 2xx or 5xx"),
+            )),
         }
     }
     pub fn digit(self) -> u8 {
@@ -105,19 +111,30 @@ pub struct LogFilter {
 
 impl LogFilter {
     pub fn validate(&self) -> Result<(), crate::Error> {
-        if let (Some(s), Some(u)) = (self.since_ms, self.until_ms) {
-            if s >= u {
-                return Err(crate::Error::invalid("time range", "`since` must be before `until`"));
-            }
+        if let (Some(s), Some(u)) = (self.since_ms, self.until_ms)
+            && s >= u
+        {
+            return Err(crate::Error::invalid(
+                "time range",
+                "`since` must be before `until`",
+            ));
         }
         Ok(())
     }
 
     /// Whether a record passes the filter (the reference the stores are tested against).
     pub fn matches(&self, r: &RequestLog) -> bool {
-        self.key_id.as_ref().is_none_or(|k| r.key_id.as_ref() == Some(k))
-            && self.account_id.as_ref().is_none_or(|a| r.account_id.as_ref() == Some(a))
-            && self.model.as_ref().is_none_or(|m| r.model.as_ref() == Some(m))
+        self.key_id
+            .as_ref()
+            .is_none_or(|k| r.key_id.as_ref() == Some(k))
+            && self
+                .account_id
+                .as_ref()
+                .is_none_or(|a| r.account_id.as_ref() == Some(a))
+            && self
+                .model
+                .as_ref()
+                .is_none_or(|m| r.model.as_ref() == Some(m))
             && self.status_class.is_none_or(|c| {
                 let (lo, hi) = c.range();
                 (lo..hi).contains(&r.status)
@@ -188,7 +205,11 @@ mod tests {
 
     #[test]
     fn filter_bounds() {
-        let f = LogFilter { since_ms: Some(5), until_ms: Some(5), ..Default::default() };
+        let f = LogFilter {
+            since_ms: Some(5),
+            until_ms: Some(5),
+            ..Default::default()
+        };
         assert!(f.validate().is_err());
     }
 }

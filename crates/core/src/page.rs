@@ -32,7 +32,9 @@ pub fn decode(listing: &str, token: &str) -> Result<Cursor, Error> {
     if token.len() > 1024 {
         return Err(Error::PageToken);
     }
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| Error::PageToken)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| Error::PageToken)?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| Error::PageToken)?;
     let arr = v.as_array().ok_or(Error::PageToken)?;
     if arr.first().and_then(Value::as_str) != Some(listing) {
@@ -40,9 +42,10 @@ pub fn decode(listing: &str, token: &str) -> Result<Cursor, Error> {
     }
     match arr.as_slice() {
         [_, Value::String(id)] => Ok(Cursor::Id(id.clone())),
-        [_, Value::Number(t), Value::String(id)] => {
-            Ok(Cursor::TimeId(t.as_i64().ok_or(Error::PageToken)?, id.clone()))
-        }
+        [_, Value::Number(t), Value::String(id)] => Ok(Cursor::TimeId(
+            t.as_i64().ok_or(Error::PageToken)?,
+            id.clone(),
+        )),
         _ => Err(Error::PageToken),
     }
 }
@@ -52,7 +55,10 @@ pub fn page_size(requested: u32) -> Result<u32, Error> {
     match requested {
         0 => Ok(DEFAULT_PAGE_SIZE),
         n if n <= MAX_PAGE_SIZE => Ok(n),
-        _ => Err(Error::invalid("page_size", format!("at most {MAX_PAGE_SIZE}"))),
+        _ => Err(Error::invalid(
+            "page_size",
+            format!("at most {MAX_PAGE_SIZE}"),
+        )),
     }
 }
 
@@ -69,7 +75,11 @@ impl PageRequest {
     }
     pub fn parse(listing: &str, size: u32, token: &str) -> Result<Self, Error> {
         let size = page_size(size)?;
-        let after = if token.is_empty() { None } else { Some(decode(listing, token)?) };
+        let after = if token.is_empty() {
+            None
+        } else {
+            Some(decode(listing, token)?)
+        };
         Ok(PageRequest { size, after })
     }
 }

@@ -24,7 +24,11 @@ pub struct QuotaGuard {
 
 impl Default for QuotaGuard {
     fn default() -> Self {
-        QuotaGuard { enabled: true, min_five_hour_remaining_percent: 5.0, min_weekly_remaining_percent: 10.0 }
+        QuotaGuard {
+            enabled: true,
+            min_five_hour_remaining_percent: 5.0,
+            min_weekly_remaining_percent: 10.0,
+        }
     }
 }
 
@@ -69,7 +73,10 @@ impl RoutingPolicy {
             return Err(Error::invalid("cooldown_429_secs", "needs 1 to 16 steps"));
         }
         if self.cooldown_429_secs.windows(2).any(|w| w[0] > w[1]) {
-            return Err(Error::invalid("cooldown_429_secs", "steps must not decrease"));
+            return Err(Error::invalid(
+                "cooldown_429_secs",
+                "steps must not decrease",
+            ));
         }
         let all = self.cooldown_429_secs.iter().chain([
             &self.cooldown_5xx_secs,
@@ -78,13 +85,22 @@ impl RoutingPolicy {
         ]);
         for c in all {
             if *c > DAY_SECS {
-                return Err(Error::invalid("cooldown", "cooldowns are at most 86400 seconds (one day)"));
+                return Err(Error::invalid(
+                    "cooldown",
+                    "cooldowns are at most 86400 seconds (one day)",
+                ));
             }
         }
         let g = &self.quota_guard;
         for (field, v) in [
-            ("quota_guard.min_five_hour_remaining_percent", g.min_five_hour_remaining_percent),
-            ("quota_guard.min_weekly_remaining_percent", g.min_weekly_remaining_percent),
+            (
+                "quota_guard.min_five_hour_remaining_percent",
+                g.min_five_hour_remaining_percent,
+            ),
+            (
+                "quota_guard.min_weekly_remaining_percent",
+                g.min_weekly_remaining_percent,
+            ),
         ] {
             if !(0.0..=100.0).contains(&v) {
                 return Err(Error::invalid(field, "must be between 0 and 100"));
@@ -99,7 +115,11 @@ impl RoutingPolicy {
     /// Cooldown for the n-th consecutive 429 (1-based).
     pub fn cooldown_for_429(&self, offense: u32) -> u32 {
         let i = (offense.max(1) - 1) as usize;
-        self.cooldown_429_secs.get(i).or(self.cooldown_429_secs.last()).copied().unwrap_or(45)
+        self.cooldown_429_secs
+            .get(i)
+            .or(self.cooldown_429_secs.last())
+            .copied()
+            .unwrap_or(45)
     }
 }
 
@@ -118,9 +138,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_values() {
-        let p = RoutingPolicy { cooldown_429_secs: vec![300, 45], ..Default::default() };
+        let p = RoutingPolicy {
+            cooldown_429_secs: vec![300, 45],
+            ..Default::default()
+        };
         assert!(p.validate().is_err());
-        let p = RoutingPolicy { p2c_window: 0, ..Default::default() };
+        let p = RoutingPolicy {
+            p2c_window: 0,
+            ..Default::default()
+        };
         assert!(p.validate().is_err());
         let mut p = RoutingPolicy::default();
         p.quota_guard.min_weekly_remaining_percent = 120.0;

@@ -77,12 +77,18 @@ impl UsageSnapshot {
 
     /// The short (5-hour) window, by length.
     pub fn five_hour(&self) -> Option<&UsageWindow> {
-        self.primary.iter().chain(self.secondary.iter()).find(|w| !w.is_weekly())
+        self.primary
+            .iter()
+            .chain(self.secondary.iter())
+            .find(|w| !w.is_weekly())
     }
 
     /// The weekly window, by length.
     pub fn weekly(&self) -> Option<&UsageWindow> {
-        self.primary.iter().chain(self.secondary.iter()).find(|w| w.is_weekly())
+        self.primary
+            .iter()
+            .chain(self.secondary.iter())
+            .find(|w| w.is_weekly())
     }
 
     /// The earliest reset among exhausted windows: when the account comes back.
@@ -105,19 +111,43 @@ mod tests {
     use super::*;
 
     fn w(p: f64, m: u32) -> Option<UsageWindow> {
-        Some(UsageWindow { used_percent: p, window_minutes: m, resets_at_ms: Some(m as i64) })
+        Some(UsageWindow {
+            used_percent: p,
+            window_minutes: m,
+            resets_at_ms: Some(m as i64),
+        })
     }
     fn snap(primary: Option<UsageWindow>, secondary: Option<UsageWindow>) -> UsageSnapshot {
-        UsageSnapshot { primary, secondary, extra: vec![], captured_at_ms: 0 }
+        UsageSnapshot {
+            primary,
+            secondary,
+            extra: vec![],
+            captured_at_ms: 0,
+        }
     }
 
     #[test]
     fn availability_rules() {
-        assert_eq!(snap(w(10.0, 300), w(20.0, 10080)).availability(), Availability::Available);
-        assert_eq!(snap(w(10.0, 10080), None).availability(), Availability::PrimaryWindowAvailableOnly);
-        assert_eq!(snap(w(100.0, 300), w(2.0, 10080)).availability(), Availability::Unavailable);
-        assert_eq!(snap(w(1.0, 300), w(100.5, 10080)).availability(), Availability::Unavailable);
-        assert_eq!(snap(None, w(5.0, 10080)).availability(), Availability::Unknown);
+        assert_eq!(
+            snap(w(10.0, 300), w(20.0, 10080)).availability(),
+            Availability::Available
+        );
+        assert_eq!(
+            snap(w(10.0, 10080), None).availability(),
+            Availability::PrimaryWindowAvailableOnly
+        );
+        assert_eq!(
+            snap(w(100.0, 300), w(2.0, 10080)).availability(),
+            Availability::Unavailable
+        );
+        assert_eq!(
+            snap(w(1.0, 300), w(100.5, 10080)).availability(),
+            Availability::Unavailable
+        );
+        assert_eq!(
+            snap(None, w(5.0, 10080)).availability(),
+            Availability::Unknown
+        );
         assert_eq!(availability_of(None), Availability::Unknown);
         assert!(Availability::Unknown.is_routable());
         assert!(!Availability::Unavailable.is_routable());

@@ -27,17 +27,21 @@ impl std::fmt::Debug for Cipher {
 
 impl Cipher {
     pub fn new(key: &[u8; 32]) -> Self {
-        Cipher { aead: Aes256Gcm::new(key.into()) }
+        Cipher {
+            aead: Aes256Gcm::new(key.into()),
+        }
     }
 
     /// Reads a key file: 64 hex characters (surrounding whitespace ignored) or 32 raw bytes.
     pub fn from_key_file(path: &Path) -> Result<Self, StoreError> {
         let bytes = std::fs::read(path).map_err(|e| {
-            StoreError::Crypto(format!("cannot read encryption key file {}: {e}", path.display()))
+            StoreError::Crypto(format!(
+                "cannot read encryption key file {}: {e}",
+                path.display()
+            ))
         })?;
-        Self::from_key_material(&bytes).map_err(|e| {
-            StoreError::Crypto(format!("encryption key file {}: {e}", path.display()))
-        })
+        Self::from_key_material(&bytes)
+            .map_err(|e| StoreError::Crypto(format!("encryption key file {}: {e}", path.display())))
     }
 
     fn from_key_material(bytes: &[u8]) -> Result<Self, String> {
@@ -49,7 +53,9 @@ impl Cipher {
             _ if bytes.len() == 32 => bytes.to_vec(),
             _ => return Err("expected 64 hex characters (32 bytes)".into()),
         };
-        let arr: [u8; 32] = key.try_into().map_err(|_| "expected 32 bytes".to_string())?;
+        let arr: [u8; 32] = key
+            .try_into()
+            .map_err(|_| "expected 32 bytes".to_string())?;
         Ok(Cipher::new(&arr))
     }
 
@@ -58,19 +64,28 @@ impl Cipher {
     pub fn load_or_create(path: &Path) -> Result<Self, StoreError> {
         if !path.exists() {
             let mut key = [0u8; 32];
-            getrandom::fill(&mut key).map_err(|e| StoreError::Crypto(format!("no randomness: {e}")))?;
-            write_private_file(path, hex::encode(key).as_bytes())
-                .map_err(|e| StoreError::Crypto(format!("cannot create {}: {e}", path.display())))?;
+            getrandom::fill(&mut key)
+                .map_err(|e| StoreError::Crypto(format!("no randomness: {e}")))?;
+            write_private_file(path, hex::encode(key).as_bytes()).map_err(|e| {
+                StoreError::Crypto(format!("cannot create {}: {e}", path.display()))
+            })?;
         }
         Self::from_key_file(path)
     }
 
     pub fn seal(&self, aad: &str, plaintext: &[u8]) -> Result<Vec<u8>, StoreError> {
         let mut nonce = [0u8; NONCE_LEN];
-        getrandom::fill(&mut nonce).map_err(|e| StoreError::Crypto(format!("no randomness: {e}")))?;
+        getrandom::fill(&mut nonce)
+            .map_err(|e| StoreError::Crypto(format!("no randomness: {e}")))?;
         let ct = self
             .aead
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: aad.as_bytes() })
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| StoreError::Crypto("encryption failed".into()))?;
         let mut out = Vec::with_capacity(1 + NONCE_LEN + ct.len());
         out.push(VERSION);
@@ -84,10 +99,20 @@ impl Cipher {
             return Err(StoreError::Crypto("unknown ciphertext format".into()));
         }
         let (nonce, ct) = sealed[1..].split_at(NONCE_LEN);
+        let nonce = Nonce::try_from(nonce)
+            .map_err(|_| StoreError::Crypto("unknown ciphertext format".into()))?;
         self.aead
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: aad.as_bytes() })
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: ct,
+                    aad: aad.as_bytes(),
+                },
+            )
             .map_err(|_| {
-                StoreError::Crypto("authentication failed (wrong encryption key or tampered row)".into())
+                StoreError::Crypto(
+                    "authentication failed (wrong encryption key or tampered row)".into(),
+                )
             })
     }
 }
@@ -132,7 +157,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         std::fs::write(dir.path().join("bad"), "short").unwrap();
         assert!(Cipher::from_key_file(&dir.path().join("bad")).is_err());

@@ -6,7 +6,10 @@
 
 pub mod crypto;
 pub mod error;
+mod migrate;
+mod ops;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -14,13 +17,14 @@ use poolgate_core::authjson::ImportedCodexAuth;
 use poolgate_core::page::PageRequest;
 use poolgate_core::{
     Account, AccountPatch, AccountSpec, AccountStatus, AdminToken, AuditEvent, CodexIdentity,
-    Credentials,
-    KeyPatch, LogFilter, LogSummary, PlatformKey, Provider, RequestLog, RoutingPolicy,
-    UsageSnapshot,
+    Credentials, KeyPatch, LogFilter, LogSummary, ManagedBy, PlatformKey, Provider, RequestLog,
+    RoutingPolicy, UsageSnapshot,
 };
 
 pub use crypto::Cipher;
 pub use error::StoreError;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -106,12 +110,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Account>;
     async fn get_account(&self, id: &str) -> Result<Account>;
     /// Ordered by id.
-    async fn list_accounts(&self, filter: &AccountFilter, page: &PageRequest) -> Result<Page<Account>>;
+    async fn list_accounts(
+        &self,
+        filter: &AccountFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Account>>;
     async fn update_account(&self, id: &str, patch: &AccountPatch, actor: &str) -> Result<Account>;
     /// Removes the account, its credentials and usage.
     async fn delete_account(&self, id: &str, actor: &str) -> Result<()>;
     /// Replaces an account's credentials (checked against its provider).
-    async fn set_credentials(&self, id: &str, credentials: &Credentials, actor: &str) -> Result<()>;
+    async fn set_credentials(&self, id: &str, credentials: &Credentials, actor: &str)
+    -> Result<()>;
     /// Decrypted credentials, for the control plane's own use (snapshots, refresh).
     async fn get_credentials(&self, id: &str) -> Result<Option<Credentials>>;
     /// Imports Codex logins: an item whose identity (subject, chatgpt_account_id) exists
@@ -124,6 +133,16 @@ pub trait Store: Send + Sync + 'static {
         group: &str,
         actor: &str,
     ) -> Result<Vec<ImportOutcome>>;
+    /// Hands an account to its owner: `Kubernetes` with `managed_ref` naming the custom
+    /// resource (e.g. `UpstreamAccount ns/name`), or back to the API (`managed_ref` None).
+    /// The admin API and imports refuse to change Kubernetes-managed accounts.
+    async fn set_account_managed_by(
+        &self,
+        id: &str,
+        managed_by: ManagedBy,
+        managed_ref: Option<&str>,
+        actor: &str,
+    ) -> Result<Account>;
 
     // --- usage ------------------------------------------------------------------------------
     async fn set_usage(&self, account_id: &str, usage: &UsageSnapshot) -> Result<()>;
@@ -149,7 +168,11 @@ pub trait Store: Send + Sync + 'static {
     /// already exists are skipped, so a re-sent batch is harmless. Returns rows written.
     async fn insert_request_logs(&self, logs: &[RequestLog]) -> Result<u64>;
     /// Newest first (by time, then id).
-    async fn query_request_logs(&self, filter: &LogFilter, page: &PageRequest) -> Result<Page<RequestLog>>;
+    async fn query_request_logs(
+        &self,
+        filter: &LogFilter,
+        page: &PageRequest,
+    ) -> Result<Page<RequestLog>>;
     async fn summarize_request_logs(&self, filter: &LogFilter) -> Result<LogSummary>;
     /// Deletes records older than `before_ms`; returns how many.
     async fn prune_request_logs(&self, before_ms: i64) -> Result<u64>;

@@ -1,1 +1,3 @@
 //! Test support for poolgate.
+
+pub mod pg;

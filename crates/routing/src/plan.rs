@@ -1,0 +1,950 @@
+//! The attempt plan: the ordered candidates the gateway's attempt loop walks, and the check
+//! it makes before each attempt.
+
+use poolgate_core::{RoutingPolicy, Strategy, UnixMillis};
+
+use crate::affinity::{anchor_hash, rendezvous_weight};
+use crate::cursor::BalancedCursor;
+use crate::eligibility::{
+    Eligibility, QuotaExhausted, SkipSummary, Skipped, eligibility, quota_exhausted, scan,
+    tightest_used_fraction,
+};
+use crate::health::{AccountHealth, Cooldown, HealthSource, Load, Outcome};
+use crate::input::{RouteAccount, RouteRequest};
+use crate::rng::Rng;
+use crate::score::{ScoreInputs, Tuning, headroom_factor, power_of_two};
+
+/// How a candidate got its place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// The conversation anchor's rendezvous choice.
+    Affinity,
+    /// The winner of power-of-two-choices.
+    PowerOfTwo,
+    /// Strategy order (`ordered` or `balanced`).
+    Order,
+}
+
+impl Pick {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pick::Affinity => "affinity",
+            Pick::PowerOfTwo => "p2c",
+            Pick::Order => "order",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// Position in the accounts slice given to [`Router::plan`].
+    pub index: usize,
+    pub pick: Pick,
+    /// Below the quota guard (kept because every eligible account is).
+    pub low_quota: bool,
+}
+
+/// Candidates in attempt order, and every account left out with its reason.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub candidates: Vec<Candidate>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Why a request cannot be routed at all; the message is safe to show a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoRoute {
+    /// Answer 429 `usage_limit_reached`, with `Retry-After` at `retry_at_ms` when known.
+    #[error("every account that could serve this request has reached its usage limit")]
+    QuotaExhausted {
+        retry_at_ms: Option<UnixMillis>,
+        skipped: SkipSummary,
+    },
+    #[error("no account can serve this request: {skipped}")]
+    NoEligibleAccount { skipped: SkipSummary },
+}
+
+impl Plan {
+    /// `Some` when there is no candidate and quota is why (see
+    /// [`Eligibility::quota_exhausted`]).
+    pub fn quota_exhausted(&self) -> Option<QuotaExhausted> {
+        quota_exhausted(!self.candidates.is_empty(), &self.skipped)
+    }
+
+    pub fn summary(&self) -> SkipSummary {
+        SkipSummary::of(&self.skipped)
+    }
+
+    /// The plan when it has a candidate, else why not.
+    pub fn into_result(self) -> Result<Plan, NoRoute> {
+        if !self.candidates.is_empty() {
+            return Ok(self);
+        }
+        let skipped = self.summary();
+        Err(match self.quota_exhausted() {
+            Some(q) => NoRoute::QuotaExhausted {
+                retry_at_ms: q.retry_at_ms,
+                skipped,
+            },
+            None => NoRoute::NoEligibleAccount { skipped },
+        })
+    }
+}
+
+/// Why the attempt loop passes over a candidate (never the last one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptSkip {
+    /// `shared` when the cooldown came from the control plane (another gateway's report).
+    Cooldown {
+        until_ms: UnixMillis,
+        shared: bool,
+    },
+    InflightCap {
+        inflight: u32,
+        cap: u32,
+    },
+}
+
+impl AttemptSkip {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptSkip::Cooldown { .. } => "cooldown",
+            AttemptSkip::InflightCap { .. } => "inflight",
+        }
+    }
+}
+
+/// The cooldown in force at `now_ms`: the later of the local and the shared one.
+fn cooling_until(a: &RouteAccount, load: Load, now_ms: UnixMillis) -> Option<(UnixMillis, bool)> {
+    let local = load.cooldown_until_ms.filter(|u| *u > now_ms);
+    let shared = a.cooldown_until_ms.filter(|u| *u > now_ms);
+    match (local, shared) {
+        (Some(l), Some(s)) if s > l => Some((s, true)),
+        (Some(l), _) => Some((l, false)),
+        (None, Some(s)) => Some((s, true)),
+        (None, None) => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    priority: i32,
+    /// The id's first 8 bytes, big-endian: orders like the id, so most comparisons of
+    /// real ids (`acc_` + random hex) never touch the strings.
+    id_prefix: u64,
+    index: usize,
+    low: bool,
+    ready: bool,
+}
+
+impl Entry {
+    /// Ready before not ready (cooling or at cap), low quota after the rest.
+    fn class(&self) -> u8 {
+        (u8::from(!self.ready) << 1) | u8::from(self.low)
+    }
+}
+
+/// A stable partition by class: class 0 (ready, not low) stays in place in one pass; the
+/// rest, usually few, is stably sorted behind it.
+fn stable_by_class(order: Vec<Entry>) -> Vec<Entry> {
+    if order.windows(2).all(|w| w[0].class() <= w[1].class()) {
+        return order;
+    }
+    let mut out: Vec<Entry> = Vec::with_capacity(order.len());
+    let mut deferred: Vec<Entry> = Vec::new();
+    for e in order {
+        if e.class() == 0 {
+            out.push(e)
+        } else {
+            deferred.push(e)
+        }
+    }
+    deferred.sort_by_key(Entry::class);
+    out.append(&mut deferred);
+    out
+}
+
+fn id_prefix(id: &str) -> u64 {
+    let mut b = [0u8; 8];
+    for (d, s) in b.iter_mut().zip(id.as_bytes()) {
+        *d = *s;
+    }
+    u64::from_be_bytes(b)
+}
+
+/// The `ordered` strategy's order: priority ascending (lower first), then id. A gateway that
+/// keeps its account list sorted this way (once per snapshot) makes every plan linear in
+/// the pool size, as sorting an already sorted list is.
+pub fn routing_order(a: &RouteAccount, b: &RouteAccount) -> std::cmp::Ordering {
+    a.priority.cmp(&b.priority).then_with(|| a.id.cmp(&b.id))
+}
+
+/// Routing for one snapshot's policy. Cheap to build; pure, so one can be shared by every
+/// request that sees the same policy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Router {
+    policy: RoutingPolicy,
+    tuning: Tuning,
+}
+
+impl Router {
+    pub fn new(policy: RoutingPolicy) -> Self {
+        Router {
+            policy,
+            tuning: Tuning::default(),
+        }
+    }
+
+    pub fn with_tuning(policy: RoutingPolicy, tuning: Tuning) -> Self {
+        Router { policy, tuning }
+    }
+
+    pub fn policy(&self) -> &RoutingPolicy {
+        &self.policy
+    }
+
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
+    }
+
+    /// The account's in-flight cap, else the policy's default; 0 is unlimited.
+    pub fn max_inflight(&self, account: &RouteAccount) -> u32 {
+        if account.max_inflight > 0 {
+            account.max_inflight
+        } else {
+            self.policy.default_max_inflight
+        }
+    }
+
+    /// The rotation to pass to [`Router::plan`]: advances the (key, model) counter under
+    /// `balanced`, 0 (and no state touched) under `ordered`.
+    pub fn rotation(&self, cursor: &mut BalancedCursor, req: &RouteRequest<'_>) -> u64 {
+        match self.policy.strategy {
+            Strategy::Balanced => cursor.advance(req.key_id, req.model),
+            Strategy::Ordered => 0,
+        }
+    }
+
+    pub fn eligibility(
+        &self,
+        accounts: &[RouteAccount],
+        req: &RouteRequest<'_>,
+        now_ms: UnixMillis,
+    ) -> Eligibility {
+        eligibility(accounts, req, &self.policy.quota_guard, now_ms)
+    }
+
+    /// Feeds an attempt's outcome into the account's health (see [`AccountHealth::record`]).
+    pub fn record(
+        &self,
+        health: &mut AccountHealth,
+        outcome: Outcome,
+        now_ms: UnixMillis,
+    ) -> Option<Cooldown> {
+        health.record(outcome, &self.policy, &self.tuning, now_ms)
+    }
+
+    /// The parts of an account's P2C score; `neutral_latency_ms` stands in for an account
+    /// never observed. Lower [`ScoreInputs::score`] is better.
+    pub fn score(
+        &self,
+        account: &RouteAccount,
+        health: &AccountHealth,
+        neutral_latency_ms: f64,
+        now_ms: UnixMillis,
+    ) -> ScoreInputs {
+        ScoreInputs {
+            latency_ms: health.latency().estimate_ms(
+                now_ms,
+                neutral_latency_ms,
+                self.tuning.idle_tau_ms,
+            ),
+            inflight: health.inflight(),
+            penalty: health.penalty_at(now_ms),
+            headroom: headroom_factor(
+                tightest_used_fraction(account.usage.as_ref(), now_ms),
+                self.tuning.max_headroom_factor,
+            ),
+        }
+    }
+
+    /// The candidates for one request, in attempt order: the anchor's rendezvous pick (if
+    /// an anchor is given), then the P2C winner among the first `p2c_window` of the rest,
+    /// then the rest in strategy order. Within the strategy order, accounts cooling down or
+    /// at their in-flight cap go last, and so do accounts below the quota guard.
+    ///
+    /// `health` is this gateway's view of each account (see [`HealthSource`]); `rotation`
+    /// comes from [`Router::rotation`]. Keep `accounts` sorted by [`routing_order`] (once per
+    /// snapshot) and the cost is linear in their number.
+    pub fn plan<H: HealthSource + ?Sized>(
+        &self,
+        accounts: &[RouteAccount],
+        req: &RouteRequest<'_>,
+        health: &H,
+        now_ms: UnixMillis,
+        rotation: u64,
+        rng: &mut impl Rng,
+    ) -> Plan {
+        let mut skipped = Vec::new();
+        let mut order: Vec<Entry> = Vec::with_capacity(accounts.len());
+        scan(
+            accounts,
+            req,
+            &self.policy.quota_guard,
+            now_ms,
+            &mut skipped,
+            |index, low| {
+                let Some(a) = accounts.get(index) else { return };
+                let load = health.load(index, a);
+                let cap = self.max_inflight(a);
+                let ready =
+                    cooling_until(a, load, now_ms).is_none() && (cap == 0 || load.inflight < cap);
+                order.push(Entry {
+                    priority: a.priority,
+                    id_prefix: id_prefix(&a.id),
+                    index,
+                    low,
+                    ready,
+                });
+            },
+        );
+        let account = |e: &Entry| &accounts[e.index];
+
+        // Strategy order: (priority, id), then the balanced rotation.
+        order.sort_unstable_by(|x, y| {
+            (x.priority, x.id_prefix)
+                .cmp(&(y.priority, y.id_prefix))
+                .then_with(|| account(x).id.cmp(&account(y).id))
+                .then(x.index.cmp(&y.index))
+        });
+        if self.policy.strategy == Strategy::Balanced && !order.is_empty() {
+            let start = (rotation % order.len() as u64) as usize;
+            order.rotate_left(start);
+        }
+        let order = stable_by_class(order);
+
+        let mut candidates = Vec::with_capacity(order.len());
+        let affinity = req
+            .anchor
+            .and_then(|anchor| self.affinity_pick(accounts, &order, anchor));
+        if let Some(pos) = affinity {
+            let e = order[pos];
+            candidates.push(Candidate {
+                index: e.index,
+                pick: Pick::Affinity,
+                low_quota: e.low,
+            });
+        }
+        // Positions in `order` of what is left after the affinity pick, without moving it.
+        let rest = |i: usize| match affinity {
+            Some(p) if i >= p => i + 1,
+            _ => i,
+        };
+        let rest_len = order.len() - usize::from(affinity.is_some());
+
+        let window = (self.policy.p2c_window.max(1) as usize).min(rest_len);
+        let mut p2c = None;
+        if window >= 2 {
+            // Health again for the few accounts in the window, rather than a copy for all.
+            let healths: Vec<AccountHealth> = (0..window)
+                .map(|i| {
+                    let e = &order[rest(i)];
+                    health.health(e.index, account(e))
+                })
+                .collect();
+            let neutral = neutral_latency(&healths, self.tuning.default_latency_ms);
+            let cost = |i: usize| {
+                let e = &order[rest(i)];
+                if !e.ready {
+                    return f64::INFINITY;
+                }
+                self.score(account(e), &healths[i], neutral, now_ms).score()
+            };
+            if let Some(w) = power_of_two(rest_len, window, rng, cost) {
+                let e = order[rest(w)];
+                candidates.push(Candidate {
+                    index: e.index,
+                    pick: Pick::PowerOfTwo,
+                    low_quota: e.low,
+                });
+                p2c = Some(rest(w));
+            }
+        }
+        candidates.extend(
+            order
+                .iter()
+                .enumerate()
+                .filter(|(pos, _)| Some(*pos) != affinity && Some(*pos) != p2c)
+                .map(|(_, e)| Candidate {
+                    index: e.index,
+                    pick: Pick::Order,
+                    low_quota: e.low,
+                }),
+        );
+        Plan {
+            candidates,
+            skipped,
+        }
+    }
+
+    /// Rendezvous over the best-placed accounts: the first class of the order (ready ones
+    /// when any is ready) and, under `ordered`, its best priority, so affinity never sends a
+    /// conversation to a backup tier while the primary tier can serve.
+    fn affinity_pick(
+        &self,
+        accounts: &[RouteAccount],
+        order: &[Entry],
+        anchor: &str,
+    ) -> Option<usize> {
+        let first = order.first()?;
+        let class = first.class();
+        let priority = accounts[first.index].priority;
+        let ordered = self.policy.strategy == Strategy::Ordered;
+        let h = anchor_hash(anchor);
+        let mut best: Option<(usize, u64, &str)> = None;
+        for (pos, e) in order.iter().enumerate() {
+            let a = &accounts[e.index];
+            if e.class() != class {
+                break;
+            }
+            if ordered && a.priority != priority {
+                // Sorted by priority within a class under `ordered`: the tier has ended.
+                break;
+            }
+            let w = rendezvous_weight(h, &a.id);
+            let better = match best {
+                None => true,
+                Some((_, bw, bid)) => w > bw || (w == bw && a.id.as_str() < bid),
+            };
+            if better {
+                best = Some((pos, w, a.id.as_str()));
+            }
+        }
+        best.map(|(pos, _, _)| pos)
+    }
+
+    /// Whether the attempt loop should pass over `account` now: it is cooling down (locally
+    /// or per the control plane) or at its in-flight cap. The last remaining candidate is
+    /// always tried (`is_last`), as a slow answer beats none.
+    pub fn should_skip(
+        &self,
+        account: &RouteAccount,
+        health: &AccountHealth,
+        now_ms: UnixMillis,
+        is_last: bool,
+    ) -> Option<AttemptSkip> {
+        if is_last {
+            return None;
+        }
+        if let Some((until_ms, shared)) = cooling_until(account, health.load(), now_ms) {
+            return Some(AttemptSkip::Cooldown { until_ms, shared });
+        }
+        let cap = self.max_inflight(account);
+        health.at_cap(cap).then_some(AttemptSkip::InflightCap {
+            inflight: health.inflight(),
+            cap,
+        })
+    }
+}
+
+/// The mean latency of the observed accounts in the window, so an unobserved account
+/// competes as an average one: tried whenever it is less loaded, not flooded, not starved.
+fn neutral_latency(window: &[AccountHealth], default_ms: f64) -> f64 {
+    let (sum, n) = window
+        .iter()
+        .filter_map(|h| h.latency().raw_ms())
+        .fold((0.0, 0u32), |(s, n), v| (s + v, n + 1));
+    if n == 0 {
+        default_ms
+    } else {
+        sum / f64::from(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use poolgate_core::{Provider, UsageSnapshot, UsageWindow};
+
+    use super::*;
+    use crate::affinity::rendezvous_pick;
+    use crate::rng::SplitMix64;
+
+    const NOW: i64 = 1_000_000_000;
+
+    fn acc(id: &str, priority: i32) -> RouteAccount {
+        RouteAccount {
+            priority,
+            ..RouteAccount::new(id, Provider::Codex)
+        }
+    }
+    fn router(strategy: Strategy, p2c_window: u32) -> Router {
+        Router::new(RoutingPolicy {
+            strategy,
+            p2c_window,
+            ..RoutingPolicy::default()
+        })
+    }
+    fn ids(accounts: &[RouteAccount], plan: &Plan) -> Vec<String> {
+        plan.candidates
+            .iter()
+            .map(|c| accounts[c.index].id.clone())
+            .collect()
+    }
+    fn fresh(_: usize, _: &RouteAccount) -> AccountHealth {
+        AccountHealth::default()
+    }
+    fn observed(ms: u64) -> AccountHealth {
+        let mut h = AccountHealth::default();
+        Router::default().record(
+            &mut h,
+            Outcome::Success {
+                latency: Duration::from_millis(ms),
+            },
+            NOW - 1_000,
+        );
+        h
+    }
+    fn usage(five_used: f64) -> Option<UsageSnapshot> {
+        Some(UsageSnapshot {
+            primary: Some(UsageWindow {
+                used_percent: five_used,
+                window_minutes: 300,
+                resets_at_ms: Some(NOW + 3_600_000),
+            }),
+            secondary: None,
+            extra: vec![],
+            captured_at_ms: NOW,
+        })
+    }
+
+    #[test]
+    fn ordered_is_priority_then_id() {
+        let accounts = vec![acc("c", 1), acc("b", 0), acc("a", 1), acc("d", -5)];
+        let r = router(Strategy::Ordered, 1);
+        let plan = r.plan(
+            &accounts,
+            &RouteRequest::new("m", "k"),
+            &fresh,
+            NOW,
+            0,
+            &mut SplitMix64::new(1),
+        );
+        assert_eq!(ids(&accounts, &plan), ["d", "b", "a", "c"]);
+        assert!(plan.candidates.iter().all(|c| c.pick == Pick::Order));
+        assert!(plan.skipped.is_empty());
+    }
+
+    #[test]
+    fn balanced_rotates_per_key_and_model() {
+        let accounts = vec![acc("a", 0), acc("b", 0), acc("c", 0)];
+        let r = router(Strategy::Balanced, 1);
+        let mut cursor = BalancedCursor::new(16);
+        let req = RouteRequest::new("m", "k");
+        let mut firsts = Vec::new();
+        for _ in 0..4 {
+            let rot = r.rotation(&mut cursor, &req);
+            let plan = r.plan(&accounts, &req, &fresh, NOW, rot, &mut SplitMix64::new(1));
+            firsts.push(ids(&accounts, &plan).join(""));
+        }
+        assert_eq!(firsts, ["abc", "bca", "cab", "abc"]);
+        // Another model has its own counter; ordered never touches the cursor.
+        assert_eq!(r.rotation(&mut cursor, &RouteRequest::new("other", "k")), 0);
+        let before = cursor.len();
+        assert_eq!(
+            router(Strategy::Ordered, 1).rotation(&mut cursor, &RouteRequest::new("x", "y")),
+            0
+        );
+        assert_eq!(cursor.len(), before);
+    }
+
+    #[test]
+    fn affinity_comes_first_and_agrees_with_rendezvous() {
+        let accounts: Vec<RouteAccount> = (0..8).map(|i| acc(&format!("acc{i}"), 0)).collect();
+        let r = router(Strategy::Ordered, 3);
+        for n in 0..50 {
+            let anchor = format!("session-{n}");
+            let req = RouteRequest {
+                anchor: Some(&anchor),
+                ..RouteRequest::new("m", "k")
+            };
+            let plan = r.plan(&accounts, &req, &fresh, NOW, 0, &mut SplitMix64::new(n));
+            let expected =
+                rendezvous_pick(&anchor, accounts.iter().map(|a| a.id.as_str())).unwrap();
+            assert_eq!(
+                plan.candidates[0],
+                Candidate {
+                    index: expected,
+                    pick: Pick::Affinity,
+                    low_quota: false
+                }
+            );
+            assert_eq!(plan.candidates[1].pick, Pick::PowerOfTwo);
+            assert_eq!(plan.candidates.len(), 8);
+            // A different random source (another replica) gives the same first choice.
+            let again = r.plan(
+                &accounts,
+                &req,
+                &fresh,
+                NOW,
+                7,
+                &mut SplitMix64::new(n + 1000),
+            );
+            assert_eq!(again.candidates[0].index, expected);
+        }
+    }
+
+    #[test]
+    fn affinity_stays_in_the_best_priority_tier_under_ordered() {
+        let accounts = vec![acc("primary", 0), acc("backup1", 5), acc("backup2", 5)];
+        let r = router(Strategy::Ordered, 1);
+        let bal = router(Strategy::Balanced, 1);
+        let mut spread = std::collections::HashSet::new();
+        for n in 0..64 {
+            let anchor = format!("c{n}");
+            let req = RouteRequest {
+                anchor: Some(&anchor),
+                ..RouteRequest::new("m", "k")
+            };
+            let plan = r.plan(&accounts, &req, &fresh, NOW, 0, &mut SplitMix64::new(0));
+            assert_eq!(plan.candidates[0].index, 0);
+            let plan = bal.plan(&accounts, &req, &fresh, NOW, 0, &mut SplitMix64::new(0));
+            spread.insert(plan.candidates[0].index);
+        }
+        assert_eq!(
+            spread.len(),
+            3,
+            "balanced spreads anchors over every account"
+        );
+    }
+
+    #[test]
+    fn cooling_and_capped_accounts_go_last_and_lose_affinity() {
+        let mut accounts: Vec<RouteAccount> = (0..4).map(|i| acc(&format!("acc{i}"), 0)).collect();
+        accounts[1].cooldown_until_ms = Some(NOW + 10_000); // shared cooldown
+        accounts[2].max_inflight = 1;
+        let health = |i: usize, _: &RouteAccount| {
+            let mut h = AccountHealth::default();
+            if i == 0 {
+                Router::default().record(&mut h, Outcome::Upstream5xx, NOW);
+            }
+            if i == 2 {
+                h.acquire();
+            }
+            h
+        };
+        let r = router(Strategy::Ordered, 1);
+        let plan = r.plan(
+            &accounts,
+            &RouteRequest::new("m", "k"),
+            &health,
+            NOW,
+            0,
+            &mut SplitMix64::new(0),
+        );
+        assert_eq!(ids(&accounts, &plan), ["acc3", "acc0", "acc1", "acc2"]);
+        // Whatever the anchor, the only ready account takes the conversation for now.
+        for n in 0..20 {
+            let anchor = format!("a{n}");
+            let req = RouteRequest {
+                anchor: Some(&anchor),
+                ..RouteRequest::new("m", "k")
+            };
+            let plan = r.plan(&accounts, &req, &health, NOW, 0, &mut SplitMix64::new(0));
+            assert_eq!(plan.candidates[0].index, 3);
+        }
+        // Once the cooldowns are over, the order is back to normal.
+        let plan = r.plan(
+            &accounts,
+            &RouteRequest::new("m", "k"),
+            &fresh,
+            NOW + 60_000,
+            0,
+            &mut SplitMix64::new(0),
+        );
+        assert_eq!(ids(&accounts, &plan), ["acc0", "acc1", "acc2", "acc3"]);
+    }
+
+    #[test]
+    fn p2c_prefers_faster_less_loaded_unpenalised_accounts() {
+        let accounts = vec![acc("slow", 0), acc("fast", 0)];
+        let r = router(Strategy::Ordered, 2);
+        let req = RouteRequest::new("m", "k");
+        let mut rng = SplitMix64::new(3);
+        let first = |h: &dyn Fn(usize) -> AccountHealth, rng: &mut SplitMix64| {
+            let plan = r.plan(&accounts, &req, &|i, _: &RouteAccount| h(i), NOW, 0, rng);
+            assert_eq!(plan.candidates[0].pick, Pick::PowerOfTwo);
+            accounts[plan.candidates[0].index].id.clone()
+        };
+        let lat = |i: usize| observed(if i == 0 { 1_000 } else { 300 });
+        assert_eq!(first(&lat, &mut rng), "fast");
+        // Loaded enough, the fast one loses: 300 × 8 > 1000 × 1.
+        let loaded = |i: usize| {
+            let mut h = lat(i);
+            if i == 1 {
+                for _ in 0..7 {
+                    h.acquire();
+                }
+            }
+            h
+        };
+        assert_eq!(first(&loaded, &mut rng), "slow");
+        // A recent 429 penalty keeps the fast account unattractive after its cooldown ends:
+        // 300 × (1 + 10 e^(-46/45)) > 1000.
+        let limited = |i: usize| {
+            let mut h = lat(i);
+            if i == 1 {
+                Router::default().record(
+                    &mut h,
+                    Outcome::RateLimited { retry_after: None },
+                    NOW - 46_000,
+                );
+            }
+            h
+        };
+        assert!(limited(1).cooling(NOW).is_none());
+        assert_eq!(first(&limited, &mut rng), "slow");
+        // An unobserved account competes at the window's mean latency, so it wins as soon as
+        // it is less loaded.
+        let unobserved = |i: usize| {
+            if i == 0 {
+                let mut h = observed(1_000);
+                h.acquire();
+                h
+            } else {
+                AccountHealth::default()
+            }
+        };
+        assert_eq!(first(&unobserved, &mut rng), "fast");
+        let idle_slow = |i: usize| {
+            if i == 0 {
+                observed(1_000)
+            } else {
+                AccountHealth::default()
+            }
+        };
+        let swapped = [acc("z_seen", 0), acc("a_new", 0)];
+        let plan = r.plan(
+            &swapped,
+            &req,
+            &|i, _: &RouteAccount| idle_slow(i),
+            NOW,
+            0,
+            &mut rng,
+        );
+        assert_eq!(
+            plan.candidates[0].index, 1,
+            "a tie goes to the strategy order"
+        );
+    }
+
+    #[test]
+    fn p2c_prefers_quota_headroom() {
+        let mut accounts = vec![acc("nearly_full", 0), acc("roomy", 0)];
+        accounts[0].usage = usage(90.0);
+        accounts[1].usage = usage(10.0);
+        let r = router(Strategy::Ordered, 2);
+        let same = |_: usize, _: &RouteAccount| observed(500);
+        for seed in 0..20 {
+            let plan = r.plan(
+                &accounts,
+                &RouteRequest::new("m", "k"),
+                &same,
+                NOW,
+                0,
+                &mut SplitMix64::new(seed),
+            );
+            assert_eq!(plan.candidates[0].index, 1);
+            assert_eq!(
+                plan.candidates[1],
+                Candidate {
+                    index: 0,
+                    pick: Pick::Order,
+                    low_quota: false
+                }
+            );
+        }
+        let s = r.score(&accounts[0], &observed(500), 1_000.0, NOW);
+        assert_eq!(
+            s.headroom,
+            headroom_factor(0.9, r.tuning().max_headroom_factor)
+        );
+        assert_eq!(
+            s.latency_ms,
+            500.0 + (1_000.0 - 500.0) * (1.0 - (-1_000.0f64 / 300_000.0).exp())
+        );
+    }
+
+    #[test]
+    fn low_quota_accounts_are_flagged_when_all_are_low() {
+        let mut accounts = vec![acc("a", 0), acc("b", 0)];
+        accounts[0].usage = usage(99.0);
+        accounts[1].usage = usage(97.0);
+        let r = router(Strategy::Ordered, 1);
+        let plan = r.plan(
+            &accounts,
+            &RouteRequest::new("m", "k"),
+            &fresh,
+            NOW,
+            0,
+            &mut SplitMix64::new(0),
+        );
+        assert_eq!(plan.candidates.len(), 2);
+        assert!(plan.candidates.iter().all(|c| c.low_quota));
+    }
+
+    #[test]
+    fn should_skip_rules() {
+        let r = Router::new(RoutingPolicy {
+            default_max_inflight: 2,
+            ..RoutingPolicy::default()
+        });
+        let mut a = acc("a", 0);
+        let mut h = AccountHealth::default();
+        assert_eq!(r.should_skip(&a, &h, NOW, false), None);
+        h.acquire();
+        h.acquire();
+        assert_eq!(
+            r.should_skip(&a, &h, NOW, false),
+            Some(AttemptSkip::InflightCap {
+                inflight: 2,
+                cap: 2
+            })
+        );
+        assert_eq!(
+            r.should_skip(&a, &h, NOW, true),
+            None,
+            "the last candidate is always tried"
+        );
+        a.max_inflight = 5;
+        assert_eq!(
+            r.should_skip(&a, &h, NOW, false),
+            None,
+            "the account's own cap wins"
+        );
+        let unlimited = Router::default();
+        a.max_inflight = 0;
+        assert_eq!(
+            unlimited.should_skip(&a, &h, NOW, false),
+            None,
+            "0 is unlimited"
+        );
+
+        let c = unlimited.record(&mut h, Outcome::Network, NOW).unwrap();
+        let skip = unlimited.should_skip(&a, &h, NOW, false);
+        assert_eq!(
+            skip,
+            Some(AttemptSkip::Cooldown {
+                until_ms: c.until_ms,
+                shared: false
+            })
+        );
+        assert_eq!(skip.unwrap().as_str(), "cooldown");
+        a.cooldown_until_ms = Some(c.until_ms + 1);
+        assert_eq!(
+            unlimited.should_skip(&a, &h, NOW, false),
+            Some(AttemptSkip::Cooldown {
+                until_ms: c.until_ms + 1,
+                shared: true
+            })
+        );
+        assert_eq!(unlimited.should_skip(&a, &h, NOW, true), None);
+        assert_eq!(
+            unlimited.should_skip(&a, &h, c.until_ms + 1, false),
+            None,
+            "expired"
+        );
+    }
+
+    #[test]
+    fn empty_plans_explain_themselves() {
+        let mut accounts = vec![acc("a", 0), acc("b", 0)];
+        accounts[0].usage = Some(UsageSnapshot {
+            primary: Some(UsageWindow {
+                used_percent: 100.0,
+                window_minutes: 300,
+                resets_at_ms: Some(NOW + 5_000),
+            }),
+            secondary: None,
+            extra: vec![],
+            captured_at_ms: NOW,
+        });
+        accounts[1].enabled = false;
+        let r = Router::default();
+        let plan = r.plan(
+            &accounts,
+            &RouteRequest::new("m", "k"),
+            &fresh,
+            NOW,
+            0,
+            &mut SplitMix64::new(0),
+        );
+        assert_eq!(
+            plan.quota_exhausted(),
+            Some(QuotaExhausted {
+                retry_at_ms: Some(NOW + 5_000)
+            })
+        );
+        let err = plan.into_result().unwrap_err();
+        assert!(
+            matches!(err, NoRoute::QuotaExhausted { retry_at_ms: Some(t), .. } if t == NOW + 5_000)
+        );
+        assert_eq!(
+            err.to_string(),
+            "every account that could serve this request has reached its usage limit"
+        );
+
+        let plan = r.plan(
+            &accounts[1..],
+            &RouteRequest::new("m", "k"),
+            &fresh,
+            NOW,
+            0,
+            &mut SplitMix64::new(0),
+        );
+        let err = plan.into_result().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no account can serve this request: 1 disabled"
+        );
+        let plan = r.plan(
+            &[],
+            &RouteRequest::new("m", "k"),
+            &fresh,
+            NOW,
+            0,
+            &mut SplitMix64::new(0),
+        );
+        assert_eq!(
+            plan.into_result().unwrap_err().to_string(),
+            "no account can serve this request: no accounts configured"
+        );
+        let ok = r.plan(
+            &accounts[..1],
+            &RouteRequest::new("m", "k"),
+            &fresh,
+            NOW + 5_000,
+            0,
+            &mut SplitMix64::new(0),
+        );
+        assert_eq!(
+            ok.into_result().unwrap().candidates.len(),
+            1,
+            "the window reset at NOW + 5 s"
+        );
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(Pick::PowerOfTwo.as_str(), "p2c");
+        assert_eq!(
+            AttemptSkip::InflightCap {
+                inflight: 1,
+                cap: 1
+            }
+            .as_str(),
+            "inflight"
+        );
+    }
+}

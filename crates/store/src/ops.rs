@@ -1,0 +1,1481 @@
+//! The store logic, written once against [`Tx`] and run by both backends inside their own
+//! transactions. Every mutation validates first, then writes its rows, its audit event and
+//! (for accounts, keys and the policy) its change-log entry, the latter last.
+
+use std::str::FromStr;
+use std::sync::LazyLock;
+
+use poolgate_core::authjson::ImportedCodexAuth;
+use poolgate_core::page::{self, Cursor, PageRequest};
+use poolgate_core::{
+    Account, AccountPatch, AccountSpec, AccountStatus, AdminToken, AuditEvent, AzureConfig,
+    CodexIdentity, Credentials, KeyPatch, KeySpec, LogFilter, LogSummary, ManagedBy, PlatformKey,
+    Provider, RequestLog, RoutingPolicy, SummaryRow, UsageSnapshot,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::sql::{Row, Tx, Val, Where};
+use crate::{
+    AccountFilter, Change, Cipher, ImportOutcome, Page, ResourceKind, Result, StoreError, listing,
+    new_id, now_ms,
+};
+
+/// The change-log id of the single routing policy.
+pub(crate) const POLICY_ID: &str = "default";
+
+// --- helpers ---------------------------------------------------------------------------------
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> StoreError {
+    StoreError::Invalid(poolgate_core::Error::invalid(field, reason))
+}
+
+fn parse_col<T: FromStr<Err = poolgate_core::Error>>(s: &str) -> Result<T> {
+    s.parse()
+        .map_err(|e| StoreError::Internal(format!("unreadable stored value: {e}")))
+}
+
+fn opt_col<T: FromStr<Err = poolgate_core::Error>>(s: Option<String>) -> Result<Option<T>> {
+    s.as_deref().map(parse_col).transpose()
+}
+
+fn to_json<T: Serialize + ?Sized>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Internal(format!("cannot encode JSON: {e}")))
+}
+
+fn from_json<T: DeserializeOwned>(s: &str) -> Result<T> {
+    serde_json::from_str(s)
+        .map_err(|e| StoreError::Internal(format!("unreadable stored JSON: {e}")))
+}
+
+/// `$1, $2, …, $n`.
+fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `b = $2, c = $3, …` for every column but the first (the id, bound as `$1`).
+fn set_list(cols: &str) -> String {
+    cols.split(',')
+        .map(str::trim)
+        .enumerate()
+        .skip(1)
+        .map(|(i, c)| format!("{c} = ${}", i + 1))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn size_of(page: &PageRequest) -> Result<u32> {
+    Ok(page::page_size(page.size)?)
+}
+
+fn id_cursor(page: &PageRequest) -> Result<Option<&str>> {
+    match &page.after {
+        None => Ok(None),
+        Some(Cursor::Id(id)) => Ok(Some(id)),
+        Some(Cursor::TimeId(..)) => Err(poolgate_core::Error::PageToken.into()),
+    }
+}
+
+fn time_cursor(page: &PageRequest) -> Result<Option<(i64, &str)>> {
+    match &page.after {
+        None => Ok(None),
+        Some(Cursor::TimeId(t, id)) => Ok(Some((*t, id))),
+        Some(Cursor::Id(_)) => Err(poolgate_core::Error::PageToken.into()),
+    }
+}
+
+/// Cuts a `size + 1` result down to a page, with a token when more follow.
+fn paginate<T>(
+    mut items: Vec<T>,
+    size: u32,
+    listing: &str,
+    cursor: impl Fn(&T) -> Cursor,
+) -> Page<T> {
+    let size = size as usize;
+    let next = if items.len() > size {
+        items.truncate(size);
+        items
+            .last()
+            .map(|last| page::encode(listing, &cursor(last)))
+    } else {
+        None
+    };
+    Page { items, next }
+}
+
+async fn exists<T: Tx>(tx: &T, sql: &str, params: &[Val]) -> Result<bool> {
+    Ok(!tx.query(sql, params).await?.is_empty())
+}
+
+fn first_row(rows: Vec<Row>) -> Result<Row> {
+    rows.into_iter()
+        .next()
+        .ok_or_else(|| StoreError::Internal("query returned no row".into()))
+}
+
+/// Ids the caller may choose (keys, admin tokens): short and URL-safe.
+fn check_id(field: &'static str, id: &str) -> Result<()> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(invalid(
+            field,
+            "must be 1 to 64 letters, digits, '_', '-' or '.'",
+        ));
+    }
+    Ok(())
+}
+
+fn check_hash(hash: &str) -> Result<()> {
+    if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(invalid(
+            "hash",
+            "must be a lowercase hex SHA-256 (64 characters)",
+        ));
+    }
+    Ok(())
+}
+
+fn check_display(field: &'static str, v: &str, max: usize) -> Result<()> {
+    let n = v.chars().count();
+    if n == 0 || n > max || v.chars().any(char::is_control) {
+        return Err(invalid(
+            field,
+            format!("must be 1 to {max} characters without control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_identity(i: &CodexIdentity) -> Result<()> {
+    for (field, v) in [
+        ("identity.subject", &i.subject),
+        ("identity.chatgpt_account_id", &i.chatgpt_account_id),
+    ] {
+        if v.trim().is_empty() || v.len() > 256 || v.chars().any(char::is_control) {
+            return Err(invalid(
+                field,
+                "must be 1 to 256 bytes without control characters",
+            ));
+        }
+    }
+    for (field, v) in [
+        ("identity.chatgpt_user_id", &i.chatgpt_user_id),
+        ("identity.email", &i.email),
+        ("identity.plan_type", &i.plan_type),
+    ] {
+        if v.as_ref()
+            .is_some_and(|v| v.len() > 256 || v.chars().any(char::is_control))
+        {
+            return Err(invalid(
+                field,
+                "at most 256 bytes without control characters",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Text the domain validation lets through but a database cannot store (PostgreSQL refuses
+/// NUL in text).
+fn check_no_nul(field: &'static str, v: Option<&str>) -> Result<()> {
+    if v.is_some_and(|v| v.contains('\0')) {
+        return Err(invalid(field, "must not contain NUL characters"));
+    }
+    Ok(())
+}
+
+fn check_storable_spec(spec: &AccountSpec) -> Result<()> {
+    check_no_nul("note", Some(&spec.note))
+}
+
+fn check_storable_key(spec: &KeySpec) -> Result<()> {
+    check_no_nul("model_override", spec.model_override.as_deref())
+}
+
+// --- audit and change log --------------------------------------------------------------------
+
+async fn audit<T: Tx>(
+    tx: &T,
+    actor: &str,
+    action: &str,
+    target_kind: &str,
+    target_id: &str,
+    detail: &str,
+) -> Result<()> {
+    tx.exec(
+        "INSERT INTO audit_events (ts_ms, actor, action, target_kind, target_id, detail) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            now_ms().into(),
+            // The actor names a token or controller; keep a stray NUL from failing the write.
+            log_text(actor),
+            action.into(),
+            target_kind.into(),
+            log_text(target_id),
+            log_text(detail),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Appends a change-log entry. Called last in a transaction: on PostgreSQL it takes the lock
+/// that orders versions, held until commit.
+async fn record_change<T: Tx>(tx: &T, kind: ResourceKind, id: &str, deleted: bool) -> Result<i64> {
+    tx.lock_change_log().await?;
+    let row = first_row(
+        tx.query(
+            "INSERT INTO changes (kind, resource_id, deleted, ts_ms) VALUES ($1, $2, $3, $4) \
+             RETURNING version",
+            &[
+                kind.as_str().into(),
+                id.into(),
+                deleted.into(),
+                now_ms().into(),
+            ],
+        )
+        .await?,
+    )?;
+    let version = row.i64(0)?;
+    tx.changed(version).await?;
+    Ok(version)
+}
+
+pub(crate) async fn list_audit<T: Tx>(tx: &T, page: &PageRequest) -> Result<Page<AuditEvent>> {
+    let size = size_of(page)?;
+    let mut w = Where::default();
+    if let Some((ts, id)) = time_cursor(page)? {
+        let id: i64 = id.parse().map_err(|_| poolgate_core::Error::PageToken)?;
+        w.add("(ts_ms, id) < (?, ?)", vec![ts.into(), id.into()]);
+    }
+    let sql = format!(
+        "SELECT id, ts_ms, actor, action, target_kind, target_id, detail FROM audit_events{} \
+         ORDER BY ts_ms DESC, id DESC LIMIT ${}",
+        w.clause(),
+        w.next_param()
+    );
+    let mut params = w.params;
+    params.push(i64::from(size + 1).into());
+    let items = tx
+        .query(&sql, &params)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(AuditEvent {
+                id: r.i64(0)?,
+                ts_ms: r.i64(1)?,
+                actor: r.text(2)?,
+                action: r.text(3)?,
+                target_kind: r.text(4)?,
+                target_id: r.text(5)?,
+                detail: r.text(6)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(paginate(items, size, listing::AUDIT, |e| {
+        Cursor::TimeId(e.ts_ms, e.id.to_string())
+    }))
+}
+
+pub(crate) async fn current_version<T: Tx>(tx: &T) -> Result<i64> {
+    first_row(
+        tx.query("SELECT COALESCE(MAX(version), 0) FROM changes", &[])
+            .await?,
+    )?
+    .i64(0)
+}
+
+pub(crate) async fn changes_since<T: Tx>(tx: &T, after: i64, limit: u32) -> Result<Vec<Change>> {
+    let limit = limit.min(10_000);
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    tx.query(
+        "SELECT version, kind, resource_id, deleted FROM changes WHERE version > $1 \
+         ORDER BY version LIMIT $2",
+        &[after.into(), limit.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        let kind = match r.text(1)?.as_str() {
+            "account" => ResourceKind::Account,
+            "key" => ResourceKind::Key,
+            "policy" => ResourceKind::Policy,
+            other => {
+                return Err(StoreError::Internal(format!(
+                    "unknown change kind {other:?}"
+                )));
+            }
+        };
+        Ok(Change {
+            version: r.i64(0)?,
+            kind,
+            id: r.text(2)?,
+            deleted: r.bool(3)?,
+        })
+    })
+    .collect()
+}
+
+// --- accounts --------------------------------------------------------------------------------
+
+const ACCOUNT_WRITE_COLS: &str = "id, provider, name, group_name, tags, priority, note, enabled, \
+    max_inflight, proxy_url, model_filter, base_url, azure_deployment, azure_api_version, \
+    identity_key, identity_subject, identity_chatgpt_account_id, identity_chatgpt_user_id, \
+    identity_email, identity_plan_type, managed_by, managed_ref, status, status_reason, \
+    created_at_ms, updated_at_ms";
+
+const ACCOUNT_READ_COLS: &str = "a.id, a.provider, a.name, a.group_name, a.tags, a.priority, \
+    a.note, a.enabled, a.max_inflight, a.proxy_url, a.model_filter, a.base_url, \
+    a.azure_deployment, a.azure_api_version, a.identity_subject, a.identity_chatgpt_account_id, \
+    a.identity_chatgpt_user_id, a.identity_email, a.identity_plan_type, a.managed_by, \
+    a.managed_ref, a.status, a.status_reason, a.created_at_ms, a.updated_at_ms, \
+    EXISTS (SELECT 1 FROM credentials c WHERE c.account_id = a.id)";
+
+static INSERT_ACCOUNT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO accounts ({ACCOUNT_WRITE_COLS}) VALUES ({})",
+        placeholders(ACCOUNT_WRITE_COLS.split(',').count())
+    )
+});
+static UPDATE_ACCOUNT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE accounts SET {} WHERE id = $1",
+        set_list(ACCOUNT_WRITE_COLS)
+    )
+});
+
+fn account_params(a: &Account) -> Result<Vec<Val>> {
+    let s = &a.spec;
+    let id = a.identity.as_ref();
+    Ok(vec![
+        a.id.as_str().into(),
+        s.provider.as_str().into(),
+        s.name.as_str().into(),
+        s.group.as_str().into(),
+        to_json(&s.tags)?.into(),
+        s.priority.into(),
+        s.note.as_str().into(),
+        s.enabled.into(),
+        s.max_inflight.into(),
+        s.proxy_url.clone().into(),
+        to_json(&s.model_filter)?.into(),
+        s.base_url.clone().into(),
+        s.azure.as_ref().map(|z| z.deployment.clone()).into(),
+        s.azure.as_ref().map(|z| z.api_version.clone()).into(),
+        id.map(CodexIdentity::key).into(),
+        id.map(|i| i.subject.clone()).into(),
+        id.map(|i| i.chatgpt_account_id.clone()).into(),
+        id.and_then(|i| i.chatgpt_user_id.clone()).into(),
+        id.and_then(|i| i.email.clone()).into(),
+        id.and_then(|i| i.plan_type.clone()).into(),
+        a.managed_by.as_str().into(),
+        a.managed_ref.clone().into(),
+        a.status.as_str().into(),
+        a.status_reason.map(|r| r.as_str()).into(),
+        a.created_at_ms.into(),
+        a.updated_at_ms.into(),
+    ])
+}
+
+fn account_from_row(r: &Row) -> Result<Account> {
+    let azure = match (r.opt_text(12)?, r.opt_text(13)?) {
+        (Some(deployment), Some(api_version)) => Some(AzureConfig {
+            deployment,
+            api_version,
+        }),
+        _ => None,
+    };
+    let identity = match (r.opt_text(14)?, r.opt_text(15)?) {
+        (Some(subject), Some(chatgpt_account_id)) => Some(CodexIdentity {
+            subject,
+            chatgpt_account_id,
+            chatgpt_user_id: r.opt_text(16)?,
+            email: r.opt_text(17)?,
+            plan_type: r.opt_text(18)?,
+        }),
+        _ => None,
+    };
+    let priority = r.i64(5)?;
+    Ok(Account {
+        id: r.text(0)?,
+        spec: AccountSpec {
+            provider: parse_col(&r.text(1)?)?,
+            name: r.text(2)?,
+            group: r.text(3)?,
+            tags: from_json(&r.text(4)?)?,
+            priority: i32::try_from(priority).map_err(|_| {
+                StoreError::Internal(format!("stored priority {priority} out of range"))
+            })?,
+            note: r.text(6)?,
+            enabled: r.bool(7)?,
+            max_inflight: r.u32(8)?,
+            proxy_url: r.opt_text(9)?,
+            model_filter: from_json(&r.text(10)?)?,
+            base_url: r.opt_text(11)?,
+            azure,
+        },
+        identity,
+        managed_by: parse_col(&r.text(19)?)?,
+        managed_ref: r.opt_text(20)?,
+        status: parse_col(&r.text(21)?)?,
+        status_reason: opt_col(r.opt_text(22)?)?,
+        created_at_ms: r.i64(23)?,
+        updated_at_ms: r.i64(24)?,
+        has_credentials: r.bool(25)?,
+    })
+}
+
+async fn find_account<T: Tx>(tx: &T, id: &str) -> Result<Option<Account>> {
+    let sql = format!("SELECT {ACCOUNT_READ_COLS} FROM accounts a WHERE a.id = $1");
+    tx.query(&sql, &[id.into()])
+        .await?
+        .first()
+        .map(account_from_row)
+        .transpose()
+}
+
+fn account_not_found(id: &str) -> StoreError {
+    StoreError::NotFound {
+        kind: "account",
+        id: id.to_string(),
+    }
+}
+
+pub(crate) async fn get_account<T: Tx>(tx: &T, id: &str) -> Result<Account> {
+    find_account(tx, id)
+        .await?
+        .ok_or_else(|| account_not_found(id))
+}
+
+async fn account_with_identity<T: Tx>(tx: &T, identity: &CodexIdentity) -> Result<Option<String>> {
+    tx.query(
+        "SELECT id FROM accounts WHERE identity_key = $1",
+        &[identity.key().into()],
+    )
+    .await?
+    .first()
+    .map(|r| r.text(0))
+    .transpose()
+}
+
+async fn put_credentials<T: Tx>(
+    tx: &T,
+    cipher: &Cipher,
+    id: &str,
+    creds: &Credentials,
+) -> Result<()> {
+    let plain = serde_json::to_vec(creds)
+        .map_err(|e| StoreError::Internal(format!("cannot encode credentials: {e}")))?;
+    let sealed = cipher.seal(id, &plain)?;
+    tx.exec(
+        "INSERT INTO credentials (account_id, kind, sealed, updated_at_ms) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (account_id) DO UPDATE SET kind = excluded.kind, sealed = excluded.sealed, \
+         updated_at_ms = excluded.updated_at_ms",
+        &[
+            id.into(),
+            creds.kind().into(),
+            sealed.into(),
+            now_ms().into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Validates a new account against its provider's needs (see `Store::create_account`).
+fn check_new_account(
+    spec: AccountSpec,
+    credentials: Option<&Credentials>,
+    identity: Option<&CodexIdentity>,
+) -> Result<AccountSpec> {
+    let spec = spec.validate()?;
+    check_storable_spec(&spec)?;
+    let provider = spec.provider;
+    match credentials {
+        Some(c) => c.check_for(provider)?,
+        None if provider.uses_oauth() => {
+            return Err(invalid(
+                "credentials",
+                "codex accounts need OAuth tokens (import an auth.json or use `poolctl login`)",
+            ));
+        }
+        None => {
+            return Err(invalid(
+                "credentials",
+                format!("{provider} accounts need an API key"),
+            ));
+        }
+    }
+    match identity {
+        Some(i) if provider == Provider::Codex => check_identity(i)?,
+        Some(_) => {
+            return Err(invalid(
+                "identity",
+                "only codex accounts have a login identity",
+            ));
+        }
+        None if provider == Provider::Codex => {
+            return Err(invalid(
+                "identity",
+                "codex accounts need their login identity (subject and chatgpt_account_id)",
+            ));
+        }
+        None => {}
+    }
+    Ok(spec)
+}
+
+pub(crate) async fn create_account<T: Tx>(
+    tx: &T,
+    cipher: &Cipher,
+    spec: AccountSpec,
+    credentials: Option<Credentials>,
+    identity: Option<CodexIdentity>,
+    actor: &str,
+    action: &str,
+) -> Result<Account> {
+    let spec = check_new_account(spec, credentials.as_ref(), identity.as_ref())?;
+    if let Some(i) = &identity
+        && let Some(existing) = account_with_identity(tx, i).await?
+    {
+        return Err(StoreError::AlreadyExists {
+            kind: "account",
+            what: format!("{existing} with the same Codex login (subject and chatgpt_account_id)"),
+        });
+    }
+    let now = now_ms();
+    let account = Account {
+        id: new_id("acc")?,
+        spec,
+        status: AccountStatus::Active,
+        status_reason: None,
+        identity,
+        managed_by: ManagedBy::Api,
+        managed_ref: None,
+        has_credentials: credentials.is_some(),
+        created_at_ms: now,
+        updated_at_ms: now,
+    };
+    tx.exec(&INSERT_ACCOUNT, &account_params(&account)?).await?;
+    if let Some(c) = &credentials {
+        put_credentials(tx, cipher, &account.id, c).await?;
+    }
+    let detail = format!(
+        "provider={} name={:?} group={}{}",
+        account.spec.provider,
+        account.spec.name,
+        account.spec.group,
+        credentials
+            .as_ref()
+            .map(|c| format!(" credentials={}", c.kind()))
+            .unwrap_or_default()
+    );
+    audit(tx, actor, action, "account", &account.id, &detail).await?;
+    record_change(tx, ResourceKind::Account, &account.id, false).await?;
+    Ok(account)
+}
+
+pub(crate) async fn list_accounts<T: Tx>(
+    tx: &T,
+    filter: &AccountFilter,
+    page: &PageRequest,
+) -> Result<Page<Account>> {
+    let size = size_of(page)?;
+    let mut w = Where::default();
+    if let Some(g) = &filter.group {
+        w.add("a.group_name = ?", vec![g.into()]);
+    }
+    if let Some(p) = filter.provider {
+        w.add("a.provider = ?", vec![p.as_str().into()]);
+    }
+    if let Some(s) = filter.status {
+        w.add("a.status = ?", vec![s.as_str().into()]);
+    }
+    if let Some(after) = id_cursor(page)? {
+        w.add("a.id > ?", vec![after.into()]);
+    }
+    let sql = format!(
+        "SELECT {ACCOUNT_READ_COLS} FROM accounts a{} ORDER BY a.id LIMIT ${}",
+        w.clause(),
+        w.next_param()
+    );
+    let mut params = w.params;
+    params.push(i64::from(size + 1).into());
+    let items = tx
+        .query(&sql, &params)
+        .await?
+        .iter()
+        .map(account_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(paginate(items, size, listing::ACCOUNTS, |a| {
+        Cursor::Id(a.id.clone())
+    }))
+}
+
+/// Names of the fields that differ, for audit details.
+fn changed_account_fields(a: &Account, b: &Account) -> Vec<&'static str> {
+    let (x, y) = (&a.spec, &b.spec);
+    let mut out = Vec::new();
+    let mut check = |changed: bool, name: &'static str| {
+        if changed {
+            out.push(name);
+        }
+    };
+    check(x.name != y.name, "name");
+    check(x.group != y.group, "group");
+    check(x.tags != y.tags, "tags");
+    check(x.priority != y.priority, "priority");
+    check(x.note != y.note, "note");
+    check(x.enabled != y.enabled, "enabled");
+    check(x.max_inflight != y.max_inflight, "max_inflight");
+    check(x.proxy_url != y.proxy_url, "proxy_url");
+    check(x.model_filter != y.model_filter, "model_filter");
+    check(x.base_url != y.base_url, "base_url");
+    check(x.azure != y.azure, "azure");
+    check(a.status != b.status, "status");
+    check(a.status_reason != b.status_reason, "status_reason");
+    out
+}
+
+pub(crate) async fn update_account<T: Tx>(
+    tx: &T,
+    id: &str,
+    patch: &AccountPatch,
+    actor: &str,
+) -> Result<Account> {
+    let current = get_account(tx, id).await?;
+    let mut next = patch.apply(&current)?;
+    check_storable_spec(&next.spec)?;
+    let changed = changed_account_fields(&current, &next);
+    if changed.is_empty() {
+        return Ok(current);
+    }
+    next.updated_at_ms = now_ms().max(current.updated_at_ms);
+    tx.exec(&UPDATE_ACCOUNT, &account_params(&next)?).await?;
+    audit(
+        tx,
+        actor,
+        "account.update",
+        "account",
+        id,
+        &format!("changed: {}", changed.join(", ")),
+    )
+    .await?;
+    record_change(tx, ResourceKind::Account, id, false).await?;
+    Ok(next)
+}
+
+pub(crate) async fn delete_account<T: Tx>(tx: &T, id: &str, actor: &str) -> Result<()> {
+    let current = get_account(tx, id).await?;
+    // Credentials and usage go with it (ON DELETE CASCADE).
+    tx.exec("DELETE FROM accounts WHERE id = $1", &[id.into()])
+        .await?;
+    let detail = format!(
+        "provider={} name={:?}",
+        current.spec.provider, current.spec.name
+    );
+    audit(tx, actor, "account.delete", "account", id, &detail).await?;
+    record_change(tx, ResourceKind::Account, id, true).await?;
+    Ok(())
+}
+
+pub(crate) async fn set_credentials<T: Tx>(
+    tx: &T,
+    cipher: &Cipher,
+    id: &str,
+    credentials: &Credentials,
+    actor: &str,
+) -> Result<()> {
+    let current = get_account(tx, id).await?;
+    credentials.check_for(current.spec.provider)?;
+    put_credentials(tx, cipher, id, credentials).await?;
+    tx.exec(
+        "UPDATE accounts SET updated_at_ms = $2 WHERE id = $1",
+        &[id.into(), now_ms().into()],
+    )
+    .await?;
+    let detail = format!("credentials replaced (kind={})", credentials.kind());
+    audit(tx, actor, "account.credentials", "account", id, &detail).await?;
+    record_change(tx, ResourceKind::Account, id, false).await?;
+    Ok(())
+}
+
+pub(crate) async fn get_credentials<T: Tx>(
+    tx: &T,
+    cipher: &Cipher,
+    id: &str,
+) -> Result<Option<Credentials>> {
+    let rows = tx
+        .query(
+            "SELECT c.sealed FROM accounts a LEFT JOIN credentials c ON c.account_id = a.id \
+             WHERE a.id = $1",
+            &[id.into()],
+        )
+        .await?;
+    let row = rows.first().ok_or_else(|| account_not_found(id))?;
+    if row.0.first() == Some(&Val::Null) {
+        return Ok(None);
+    }
+    let plain = cipher.open(id, &row.bytes(0)?)?;
+    serde_json::from_slice(&plain)
+        .map(Some)
+        .map_err(|e| StoreError::Crypto(format!("decrypted credentials are not readable: {e}")))
+}
+
+/// One auth.json item (see `Store::import_codex`): updates the login's account, or creates one.
+pub(crate) async fn import_one<T: Tx>(
+    tx: &T,
+    cipher: &Cipher,
+    item: ImportedCodexAuth,
+    group: &str,
+    actor: &str,
+) -> Result<ImportOutcome> {
+    check_identity(&item.identity)?;
+    let creds = Credentials::OAuth(item.tokens);
+    creds.check_for(Provider::Codex)?;
+    if let Some(id) = account_with_identity(tx, &item.identity).await? {
+        let mut account = get_account(tx, &id).await?;
+        if account.managed_by == ManagedBy::Kubernetes {
+            let owner = account
+                .managed_ref
+                .as_deref()
+                .unwrap_or("a Kubernetes resource");
+            return Ok(ImportOutcome::Failed(format!(
+                "account {id} is managed by Kubernetes ({owner}); update the credentials Secret \
+                 of that resource instead"
+            )));
+        }
+        account.identity = Some(item.identity);
+        account.status = AccountStatus::Active;
+        account.status_reason = None;
+        account.has_credentials = true;
+        account.updated_at_ms = now_ms().max(account.updated_at_ms);
+        tx.exec(&UPDATE_ACCOUNT, &account_params(&account)?).await?;
+        put_credentials(tx, cipher, &id, &creds).await?;
+        audit(
+            tx,
+            actor,
+            "account.import",
+            "account",
+            &id,
+            "updated tokens and identity of an existing login; status active",
+        )
+        .await?;
+        record_change(tx, ResourceKind::Account, &id, false).await?;
+        return Ok(ImportOutcome::Updated(account));
+    }
+    // E-mails may be longer than an account name; keep the part that fits.
+    let mut spec = AccountSpec::new(
+        Provider::Codex,
+        item.label.chars().take(128).collect::<String>(),
+    );
+    spec.group = group.to_string();
+    let account = create_account(
+        tx,
+        cipher,
+        spec,
+        Some(creds),
+        Some(item.identity),
+        actor,
+        "account.import",
+    )
+    .await?;
+    Ok(ImportOutcome::Created(account))
+}
+
+/// See `Store::set_account_managed_by`.
+pub(crate) async fn set_account_managed_by<T: Tx>(
+    tx: &T,
+    id: &str,
+    managed_by: ManagedBy,
+    managed_ref: Option<&str>,
+    actor: &str,
+) -> Result<Account> {
+    let managed_ref = managed_ref.map(str::trim).filter(|r| !r.is_empty());
+    match (managed_by, managed_ref) {
+        (ManagedBy::Kubernetes, None) => {
+            return Err(invalid(
+                "managed_ref",
+                "Kubernetes-managed accounts name their resource, e.g. \"UpstreamAccount ns/name\"",
+            ));
+        }
+        (ManagedBy::Api, Some(_)) => {
+            return Err(invalid(
+                "managed_ref",
+                "only Kubernetes-managed accounts have one",
+            ));
+        }
+        (_, Some(r)) if r.len() > 512 || r.chars().any(char::is_control) => {
+            return Err(invalid(
+                "managed_ref",
+                "at most 512 characters, no control characters",
+            ));
+        }
+        _ => {}
+    }
+    let mut account = get_account(tx, id).await?;
+    account.managed_by = managed_by;
+    account.managed_ref = managed_ref.map(str::to_string);
+    account.updated_at_ms = now_ms().max(account.updated_at_ms);
+    tx.exec(&UPDATE_ACCOUNT, &account_params(&account)?).await?;
+    let detail = match managed_ref {
+        Some(r) => format!("managed_by={managed_by} managed_ref={r:?}"),
+        None => format!("managed_by={managed_by}"),
+    };
+    audit(tx, actor, "account.managed_by", "account", id, &detail).await?;
+    record_change(tx, ResourceKind::Account, id, false).await?;
+    Ok(account)
+}
+
+// --- usage -----------------------------------------------------------------------------------
+
+pub(crate) async fn set_usage<T: Tx>(
+    tx: &T,
+    account_id: &str,
+    usage: &UsageSnapshot,
+) -> Result<()> {
+    get_account(tx, account_id).await?;
+    tx.exec(
+        "INSERT INTO usage (account_id, snapshot, updated_at_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (account_id) DO UPDATE SET snapshot = excluded.snapshot, \
+         updated_at_ms = excluded.updated_at_ms",
+        &[account_id.into(), to_json(usage)?.into(), now_ms().into()],
+    )
+    .await?;
+    record_change(tx, ResourceKind::Account, account_id, false).await?;
+    Ok(())
+}
+
+pub(crate) async fn get_usage<T: Tx>(
+    tx: &T,
+    account_ids: &[String],
+) -> Result<Vec<(String, UsageSnapshot)>> {
+    const CHUNK: usize = 100;
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT account_id, snapshot FROM usage WHERE account_id IN ({}) ORDER BY account_id",
+            placeholders(CHUNK)
+        )
+    });
+    let mut out = Vec::new();
+    // One statement shape whatever the number of ids (short chunks repeat their ids), so
+    // the per-connection statement caches stay small.
+    for chunk in account_ids.chunks(CHUNK) {
+        let params: Vec<Val> = chunk.iter().cycle().take(CHUNK).map(Val::from).collect();
+        for r in tx.query(&SQL, &params).await? {
+            out.push((r.text(0)?, from_json(&r.text(1)?)?));
+        }
+    }
+    Ok(out)
+}
+
+// --- platform keys ---------------------------------------------------------------------------
+
+const KEY_COLS: &str = "id, name, prefix, hash, status, expires_at_ms, allowed_models, \
+    model_override, reasoning_effort, account_groups, managed_by, managed_ref, created_at_ms, \
+    updated_at_ms";
+
+static INSERT_KEY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO platform_keys ({KEY_COLS}) VALUES ({})",
+        placeholders(KEY_COLS.split(',').count())
+    )
+});
+static UPDATE_KEY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE platform_keys SET {} WHERE id = $1",
+        set_list(KEY_COLS)
+    )
+});
+
+fn key_params(k: &PlatformKey) -> Result<Vec<Val>> {
+    let s = &k.spec;
+    Ok(vec![
+        k.id.as_str().into(),
+        s.name.as_str().into(),
+        k.prefix.as_str().into(),
+        k.hash.as_str().into(),
+        k.status.as_str().into(),
+        s.expires_at_ms.into(),
+        to_json(&s.allowed_models)?.into(),
+        s.model_override.clone().into(),
+        s.reasoning_effort.map(|e| e.as_str()).into(),
+        to_json(&s.account_groups)?.into(),
+        k.managed_by.as_str().into(),
+        k.managed_ref.clone().into(),
+        k.created_at_ms.into(),
+        k.updated_at_ms.into(),
+    ])
+}
+
+fn key_from_row(r: &Row) -> Result<PlatformKey> {
+    Ok(PlatformKey {
+        id: r.text(0)?,
+        spec: KeySpec {
+            name: r.text(1)?,
+            expires_at_ms: r.opt_i64(5)?,
+            allowed_models: from_json(&r.text(6)?)?,
+            model_override: r.opt_text(7)?,
+            reasoning_effort: opt_col(r.opt_text(8)?)?,
+            account_groups: from_json(&r.text(9)?)?,
+        },
+        prefix: r.text(2)?,
+        hash: r.text(3)?,
+        status: parse_col(&r.text(4)?)?,
+        managed_by: parse_col(&r.text(10)?)?,
+        managed_ref: r.opt_text(11)?,
+        created_at_ms: r.i64(12)?,
+        updated_at_ms: r.i64(13)?,
+    })
+}
+
+fn key_not_found(id: &str) -> StoreError {
+    StoreError::NotFound {
+        kind: "key",
+        id: id.to_string(),
+    }
+}
+
+pub(crate) async fn get_key<T: Tx>(tx: &T, id: &str) -> Result<PlatformKey> {
+    let sql = format!("SELECT {KEY_COLS} FROM platform_keys WHERE id = $1");
+    tx.query(&sql, &[id.into()])
+        .await?
+        .first()
+        .map(key_from_row)
+        .transpose()?
+        .ok_or_else(|| key_not_found(id))
+}
+
+pub(crate) async fn create_key<T: Tx>(
+    tx: &T,
+    mut key: PlatformKey,
+    actor: &str,
+) -> Result<PlatformKey> {
+    key.spec = key.spec.validate()?;
+    check_storable_key(&key.spec)?;
+    if key.id.is_empty() {
+        key.id = new_id("key")?;
+    }
+    check_id("id", &key.id)?;
+    check_hash(&key.hash)?;
+    check_display("prefix", &key.prefix, 64)?;
+    if exists(
+        tx,
+        "SELECT 1 FROM platform_keys WHERE id = $1",
+        &[key.id.as_str().into()],
+    )
+    .await?
+    {
+        return Err(StoreError::AlreadyExists {
+            kind: "key",
+            what: key.id.clone(),
+        });
+    }
+    if exists(
+        tx,
+        "SELECT 1 FROM platform_keys WHERE hash = $1",
+        &[key.hash.as_str().into()],
+    )
+    .await?
+    {
+        return Err(StoreError::AlreadyExists {
+            kind: "key",
+            what: "with the same hash".into(),
+        });
+    }
+    let now = now_ms();
+    key.created_at_ms = now;
+    key.updated_at_ms = now;
+    tx.exec(&INSERT_KEY, &key_params(&key)?).await?;
+    let detail = format!(
+        "name={:?} prefix={} status={}",
+        key.spec.name, key.prefix, key.status
+    );
+    audit(tx, actor, "key.create", "key", &key.id, &detail).await?;
+    record_change(tx, ResourceKind::Key, &key.id, false).await?;
+    Ok(key)
+}
+
+pub(crate) async fn list_keys<T: Tx>(tx: &T, page: &PageRequest) -> Result<Page<PlatformKey>> {
+    let size = size_of(page)?;
+    let mut w = Where::default();
+    if let Some(after) = id_cursor(page)? {
+        w.add("id > ?", vec![after.into()]);
+    }
+    let sql = format!(
+        "SELECT {KEY_COLS} FROM platform_keys{} ORDER BY id LIMIT ${}",
+        w.clause(),
+        w.next_param()
+    );
+    let mut params = w.params;
+    params.push(i64::from(size + 1).into());
+    let items = tx
+        .query(&sql, &params)
+        .await?
+        .iter()
+        .map(key_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(paginate(items, size, listing::KEYS, |k| {
+        Cursor::Id(k.id.clone())
+    }))
+}
+
+fn changed_key_fields(a: &PlatformKey, b: &PlatformKey) -> Vec<&'static str> {
+    let (x, y) = (&a.spec, &b.spec);
+    [
+        (x.name != y.name, "name"),
+        (x.expires_at_ms != y.expires_at_ms, "expires_at"),
+        (x.allowed_models != y.allowed_models, "allowed_models"),
+        (x.model_override != y.model_override, "model_override"),
+        (x.reasoning_effort != y.reasoning_effort, "reasoning_effort"),
+        (x.account_groups != y.account_groups, "account_groups"),
+        (a.status != b.status, "status"),
+    ]
+    .into_iter()
+    .filter_map(|(changed, name)| changed.then_some(name))
+    .collect()
+}
+
+pub(crate) async fn update_key<T: Tx>(
+    tx: &T,
+    id: &str,
+    patch: &KeyPatch,
+    actor: &str,
+) -> Result<PlatformKey> {
+    let current = get_key(tx, id).await?;
+    let mut next = patch.apply(&current)?;
+    check_storable_key(&next.spec)?;
+    let changed = changed_key_fields(&current, &next);
+    if changed.is_empty() {
+        return Ok(current);
+    }
+    next.updated_at_ms = now_ms().max(current.updated_at_ms);
+    tx.exec(&UPDATE_KEY, &key_params(&next)?).await?;
+    let mut detail = format!("changed: {}", changed.join(", "));
+    if current.status != next.status {
+        detail.push_str(&format!(" (status {})", next.status));
+    }
+    audit(tx, actor, "key.update", "key", id, &detail).await?;
+    record_change(tx, ResourceKind::Key, id, false).await?;
+    Ok(next)
+}
+
+pub(crate) async fn delete_key<T: Tx>(tx: &T, id: &str, actor: &str) -> Result<()> {
+    let current = get_key(tx, id).await?;
+    tx.exec("DELETE FROM platform_keys WHERE id = $1", &[id.into()])
+        .await?;
+    let detail = format!("name={:?} prefix={}", current.spec.name, current.prefix);
+    audit(tx, actor, "key.delete", "key", id, &detail).await?;
+    record_change(tx, ResourceKind::Key, id, true).await?;
+    Ok(())
+}
+
+// --- admin tokens ----------------------------------------------------------------------------
+
+const TOKEN_COLS: &str = "id, name, role, prefix, hash, created_at_ms";
+
+fn token_from_row(r: &Row) -> Result<AdminToken> {
+    Ok(AdminToken {
+        id: r.text(0)?,
+        name: r.text(1)?,
+        role: parse_col(&r.text(2)?)?,
+        prefix: r.text(3)?,
+        hash: r.text(4)?,
+        created_at_ms: r.i64(5)?,
+    })
+}
+
+pub(crate) async fn create_admin_token<T: Tx>(
+    tx: &T,
+    mut token: AdminToken,
+    actor: &str,
+) -> Result<AdminToken> {
+    token.name = token.name.trim().to_string();
+    check_display("name", &token.name, 128)?;
+    if token.id.is_empty() {
+        token.id = new_id("adm")?;
+    }
+    check_id("id", &token.id)?;
+    check_hash(&token.hash)?;
+    check_display("prefix", &token.prefix, 64)?;
+    if exists(
+        tx,
+        "SELECT 1 FROM admin_tokens WHERE id = $1",
+        &[token.id.as_str().into()],
+    )
+    .await?
+    {
+        return Err(StoreError::AlreadyExists {
+            kind: "admin token",
+            what: token.id.clone(),
+        });
+    }
+    if exists(
+        tx,
+        "SELECT 1 FROM admin_tokens WHERE hash = $1",
+        &[token.hash.as_str().into()],
+    )
+    .await?
+    {
+        return Err(StoreError::AlreadyExists {
+            kind: "admin token",
+            what: "with the same hash".into(),
+        });
+    }
+    token.created_at_ms = now_ms();
+    tx.exec(
+        &format!("INSERT INTO admin_tokens ({TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"),
+        &[
+            token.id.as_str().into(),
+            token.name.as_str().into(),
+            token.role.as_str().into(),
+            token.prefix.as_str().into(),
+            token.hash.as_str().into(),
+            token.created_at_ms.into(),
+        ],
+    )
+    .await?;
+    let detail = format!(
+        "name={:?} role={} prefix={}",
+        token.name, token.role, token.prefix
+    );
+    audit(
+        tx,
+        actor,
+        "admin_token.create",
+        "admin_token",
+        &token.id,
+        &detail,
+    )
+    .await?;
+    Ok(token)
+}
+
+pub(crate) async fn list_admin_tokens<T: Tx>(tx: &T) -> Result<Vec<AdminToken>> {
+    tx.query(
+        &format!("SELECT {TOKEN_COLS} FROM admin_tokens ORDER BY id"),
+        &[],
+    )
+    .await?
+    .iter()
+    .map(token_from_row)
+    .collect()
+}
+
+pub(crate) async fn find_admin_token<T: Tx>(tx: &T, hash: &str) -> Result<Option<AdminToken>> {
+    tx.query(
+        &format!("SELECT {TOKEN_COLS} FROM admin_tokens WHERE hash = $1"),
+        &[hash.into()],
+    )
+    .await?
+    .first()
+    .map(token_from_row)
+    .transpose()
+}
+
+pub(crate) async fn delete_admin_token<T: Tx>(tx: &T, id: &str, actor: &str) -> Result<()> {
+    let rows = tx
+        .query(
+            &format!("SELECT {TOKEN_COLS} FROM admin_tokens WHERE id = $1"),
+            &[id.into()],
+        )
+        .await?;
+    let token = rows
+        .first()
+        .map(token_from_row)
+        .transpose()?
+        .ok_or_else(|| StoreError::NotFound {
+            kind: "admin token",
+            id: id.to_string(),
+        })?;
+    tx.exec("DELETE FROM admin_tokens WHERE id = $1", &[id.into()])
+        .await?;
+    let detail = format!("name={:?} role={}", token.name, token.role);
+    audit(tx, actor, "admin_token.delete", "admin_token", id, &detail).await?;
+    Ok(())
+}
+
+// --- request logs ----------------------------------------------------------------------------
+
+pub(crate) const LOG_COLS: &str = "id, ts_ms, key_id, account_id, method, path, model, protocol, \
+    status, error_class, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, \
+    ttfb_ms, duration_ms, node, attempts";
+
+/// The values of one record, in [`LOG_COLS`] order.
+/// Longest text kept per request-log field.
+const LOG_TEXT_MAX: usize = 2048;
+
+/// Log records come from gateways and carry client-chosen text (paths, model names). A NUL
+/// (which PostgreSQL text refuses) or an oversized value must not make a whole batch fail and
+/// be re-sent forever, so such text is cleaned instead of rejected.
+fn log_text(s: &str) -> Val {
+    if s.len() <= LOG_TEXT_MAX && !s.contains('\0') {
+        return Val::Text(s.to_string());
+    }
+    Val::Text(
+        s.chars()
+            .take(LOG_TEXT_MAX)
+            .map(|c| if c == '\0' { '\u{FFFD}' } else { c })
+            .collect(),
+    )
+}
+
+fn opt_log_text(s: &Option<String>) -> Val {
+    s.as_deref().map_or(Val::Null, log_text)
+}
+
+/// The values of one record, in [`LOG_COLS`] order.
+pub(crate) fn log_params(r: &RequestLog) -> Result<Vec<Val>> {
+    Ok(vec![
+        log_text(&r.id),
+        r.ts_ms.into(),
+        opt_log_text(&r.key_id),
+        opt_log_text(&r.account_id),
+        log_text(&r.method),
+        log_text(&r.path),
+        opt_log_text(&r.model),
+        log_text(&r.protocol),
+        r.status.into(),
+        r.error_class.map(|e| e.as_str()).into(),
+        r.input_tokens.into(),
+        r.cached_input_tokens.into(),
+        r.output_tokens.into(),
+        r.reasoning_tokens.into(),
+        r.ttfb_ms.into(),
+        r.duration_ms.into(),
+        log_text(&r.node),
+        to_json(&r.attempts)?.into(),
+    ])
+}
+
+fn log_from_row(r: &Row) -> Result<RequestLog> {
+    let status = r.i64(8)?;
+    Ok(RequestLog {
+        id: r.text(0)?,
+        ts_ms: r.i64(1)?,
+        key_id: r.opt_text(2)?,
+        account_id: r.opt_text(3)?,
+        method: r.text(4)?,
+        path: r.text(5)?,
+        model: r.opt_text(6)?,
+        protocol: r.text(7)?,
+        status: u16::try_from(status)
+            .map_err(|_| StoreError::Internal(format!("stored status {status} out of range")))?,
+        error_class: opt_col(r.opt_text(9)?)?,
+        input_tokens: r.u64(10)?,
+        cached_input_tokens: r.u64(11)?,
+        output_tokens: r.u64(12)?,
+        reasoning_tokens: r.u64(13)?,
+        ttfb_ms: r.opt_u32(14)?,
+        duration_ms: r.u32(15)?,
+        node: r.text(16)?,
+        attempts: from_json(&r.text(17)?)?,
+    })
+}
+
+fn log_where(f: &LogFilter) -> Result<Where> {
+    f.validate()?;
+    let mut w = Where::default();
+    if let Some(v) = &f.key_id {
+        w.add("key_id = ?", vec![v.into()]);
+    }
+    if let Some(v) = &f.account_id {
+        w.add("account_id = ?", vec![v.into()]);
+    }
+    if let Some(v) = &f.model {
+        w.add("model = ?", vec![v.into()]);
+    }
+    if let Some(c) = f.status_class {
+        let (lo, hi) = c.range();
+        w.add("status >= ? AND status < ?", vec![lo.into(), hi.into()]);
+    }
+    if let Some(e) = f.error_class {
+        w.add("error_class = ?", vec![e.as_str().into()]);
+    }
+    if let Some(s) = f.since_ms {
+        w.add("ts_ms >= ?", vec![s.into()]);
+    }
+    if let Some(u) = f.until_ms {
+        w.add("ts_ms < ?", vec![u.into()]);
+    }
+    Ok(w)
+}
+
+pub(crate) async fn query_request_logs<T: Tx>(
+    tx: &T,
+    filter: &LogFilter,
+    page: &PageRequest,
+) -> Result<Page<RequestLog>> {
+    let size = size_of(page)?;
+    let mut w = log_where(filter)?;
+    if let Some((ts, id)) = time_cursor(page)? {
+        w.add("(ts_ms, id) < (?, ?)", vec![ts.into(), id.into()]);
+    }
+    let sql = format!(
+        "SELECT {LOG_COLS} FROM request_logs{} ORDER BY ts_ms DESC, id DESC LIMIT ${}",
+        w.clause(),
+        w.next_param()
+    );
+    let mut params = w.params;
+    params.push(i64::from(size + 1).into());
+    let items = tx
+        .query(&sql, &params)
+        .await?
+        .iter()
+        .map(log_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(paginate(items, size, listing::LOGS, |r| {
+        Cursor::TimeId(r.ts_ms, r.id.clone())
+    }))
+}
+
+pub(crate) async fn summarize_request_logs<T: Tx>(
+    tx: &T,
+    filter: &LogFilter,
+) -> Result<LogSummary> {
+    let w = log_where(filter)?;
+    let totals = "COUNT(*), \
+        CAST(COALESCE(SUM(CASE WHEN status >= 400 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+        CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT), \
+        CAST(COALESCE(SUM(cached_input_tokens), 0) AS BIGINT), \
+        CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), \
+        CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT)";
+    let row = |r: &Row| -> Result<SummaryRow> {
+        Ok(SummaryRow {
+            key: r.text(0)?,
+            requests: r.u64(1)?,
+            errors: r.u64(2)?,
+            input_tokens: r.u64(3)?,
+            cached_input_tokens: r.u64(4)?,
+            output_tokens: r.u64(5)?,
+            reasoning_tokens: r.u64(6)?,
+        })
+    };
+    let total_sql = format!("SELECT '', {totals} FROM request_logs{}", w.clause());
+    let total = row(&first_row(tx.query(&total_sql, &w.params).await?)?)?;
+    let mut groups = Vec::with_capacity(2);
+    for col in ["model", "account_id"] {
+        let sql = format!(
+            "SELECT COALESCE({col}, ''), {totals} FROM request_logs{} GROUP BY COALESCE({col}, '')",
+            w.clause()
+        );
+        let mut rows = tx
+            .query(&sql, &w.params)
+            .await?
+            .iter()
+            .map(row)
+            .collect::<Result<Vec<_>>>()?;
+        // Sorted here, not in SQL, so both backends agree whatever the server's collation.
+        rows.sort_by(|a, b| a.key.cmp(&b.key));
+        groups.push(rows);
+    }
+    let by_account = groups.pop().unwrap_or_default();
+    let by_model = groups.pop().unwrap_or_default();
+    Ok(LogSummary {
+        total,
+        by_model,
+        by_account,
+    })
+}
+
+/// Rows one prune statement deletes at most; backends loop, one transaction per chunk, so a
+/// large retention run never holds a lock (or SQLite's single connection) for long.
+pub(crate) const PRUNE_CHUNK: i64 = 5_000;
+
+/// Deletes up to [`PRUNE_CHUNK`] records older than `before_ms`; returns how many.
+pub(crate) async fn prune_request_logs_chunk<T: Tx>(tx: &T, before_ms: i64) -> Result<u64> {
+    tx.exec(
+        "DELETE FROM request_logs WHERE id IN \
+         (SELECT id FROM request_logs WHERE ts_ms < $1 ORDER BY ts_ms LIMIT $2)",
+        &[before_ms.into(), PRUNE_CHUNK.into()],
+    )
+    .await
+}
+
+// --- routing policy --------------------------------------------------------------------------
+
+pub(crate) async fn get_policy<T: Tx>(tx: &T) -> Result<RoutingPolicy> {
+    match tx
+        .query("SELECT policy FROM routing_policy WHERE id = 1", &[])
+        .await?
+        .first()
+    {
+        Some(r) => from_json(&r.text(0)?),
+        None => Ok(RoutingPolicy::default()),
+    }
+}
+
+pub(crate) async fn set_policy<T: Tx>(tx: &T, policy: &RoutingPolicy, actor: &str) -> Result<()> {
+    policy.validate()?;
+    tx.exec(
+        "INSERT INTO routing_policy (id, policy, updated_at_ms) VALUES (1, $1, $2) \
+         ON CONFLICT (id) DO UPDATE SET policy = excluded.policy, \
+         updated_at_ms = excluded.updated_at_ms",
+        &[to_json(policy)?.into(), now_ms().into()],
+    )
+    .await?;
+    let detail = format!(
+        "strategy={} p2c_window={} default_max_inflight={}",
+        policy.strategy, policy.p2c_window, policy.default_max_inflight
+    );
+    audit(tx, actor, "policy.set", "policy", POLICY_ID, &detail).await?;
+    record_change(tx, ResourceKind::Policy, POLICY_ID, false).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_builders() {
+        assert_eq!(placeholders(3), "$1, $2, $3");
+        assert_eq!(set_list("id, a, b"), "a = $2, b = $3");
+        assert!(INSERT_ACCOUNT.ends_with("$26)"));
+        assert!(UPDATE_ACCOUNT.contains("updated_at_ms = $26"));
+        assert!(INSERT_KEY.ends_with("$14)"));
+    }
+
+    #[test]
+    fn pagination_cuts_and_encodes() {
+        let p = paginate(vec![1, 2, 3], 2, listing::KEYS, |i| {
+            Cursor::Id(i.to_string())
+        });
+        assert_eq!(p.items, vec![1, 2]);
+        let tok = p.next.unwrap();
+        assert_eq!(
+            page::decode(listing::KEYS, &tok).unwrap(),
+            Cursor::Id("2".into())
+        );
+        let p = paginate(vec![1, 2], 2, listing::KEYS, |i| Cursor::Id(i.to_string()));
+        assert_eq!(p.next, None);
+        let wrong = PageRequest {
+            size: 1,
+            after: Some(Cursor::TimeId(1, "x".into())),
+        };
+        assert!(matches!(
+            id_cursor(&wrong),
+            Err(StoreError::Invalid(poolgate_core::Error::PageToken))
+        ));
+    }
+
+    #[test]
+    fn validation_helpers() {
+        assert!(check_hash(&"a".repeat(64)).is_ok());
+        assert!(check_hash(&"A".repeat(64)).is_err());
+        assert!(check_hash("abc").is_err());
+        assert!(check_id("id", "key_1").is_ok());
+        assert!(check_id("id", "a b").is_err());
+        assert!(check_display("prefix", "pgk_abc", 64).is_ok());
+        assert!(check_display("prefix", "", 64).is_err());
+    }
+}

