@@ -286,7 +286,7 @@ fn main() {
         "postgres",
         ours,
         reference,
-        "1 writer: COPY → staging → INSERT … ON CONFLICT, 7 indexes vs raw COPY into a plain table",
+        "1 writer: binary COPY (staging + ON CONFLICT only for a re-sent batch), PK + 6 indexes (2 partial) vs raw COPY into a plain table",
     );
     report(
         &format!("postgres x{WRITERS}"),
@@ -303,6 +303,6 @@ fn main() {
         "sqlite",
         ours,
         reference,
-        "INSERT … ON CONFLICT, 7 indexes vs prepared INSERT into a plain table",
+        "INSERT … ON CONFLICT, PK + 6 indexes (2 partial) vs prepared INSERT into a plain table",
     );
 }

@@ -190,6 +190,12 @@ const LOG_TYPES: [Type; 18] = [
     Type::TEXT, // attempts
 ];
 
+static COPY_DIRECT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "COPY request_logs ({}) FROM STDIN (FORMAT binary)",
+        ops::LOG_COLS
+    )
+});
 static COPY_STAGING: LazyLock<String> = LazyLock::new(|| {
     format!(
         "COPY request_logs_staging ({}) FROM STDIN (FORMAT binary)",
@@ -203,6 +209,20 @@ static INSERT_FROM_STAGING: LazyLock<String> = LazyLock::new(|| {
         cols = ops::LOG_COLS
     )
 });
+
+/// Streams rows through a binary COPY; returns how many were written.
+async fn copy_logs(
+    t: &deadpool_postgres::Transaction<'_>,
+    statement: &str,
+    rows: &[Vec<Val>],
+) -> std::result::Result<u64, tokio_postgres::Error> {
+    let sink = t.copy_in(statement).await?;
+    let mut writer = pin!(BinaryCopyInWriter::new(sink, &LOG_TYPES));
+    for r in rows {
+        writer.as_mut().write(&refs(r)).await?;
+    }
+    writer.as_mut().finish().await
+}
 
 /// The PostgreSQL store. Cloning shares the pool.
 #[derive(Clone)]
@@ -460,24 +480,37 @@ impl Store for PgStore {
             .map(ops::log_params)
             .collect::<Result<Vec<_>>>()?;
         let mut client = self.pool.get().await?;
-        let t = client.transaction().await.map_err(map_err)?;
-        // The staging table lives as long as the pooled connection; its rows only until commit.
+        let mut t = client.transaction().await.map_err(map_err)?;
         // Request logs are telemetry: not waiting for the WAL flush at commit trades the last
         // few hundred milliseconds of logs on a server crash for throughput (no corruption).
+        t.batch_execute("SET LOCAL synchronous_commit = off")
+            .await
+            .map_err(map_err)?;
+        // Fast path: COPY straight into the table. A duplicate id only comes from a re-sent
+        // batch; then roll back to the savepoint and dedupe through a staging table.
+        let direct = t.savepoint("direct_copy").await.map_err(map_err)?;
+        match copy_logs(&direct, COPY_DIRECT.as_str(), &rows).await {
+            Ok(n) => {
+                direct.commit().await.map_err(map_err)?;
+                t.commit().await.map_err(map_err)?;
+                return Ok(n);
+            }
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                direct.rollback().await.map_err(map_err)?;
+            }
+            Err(e) => return Err(map_err(e)),
+        }
+        // The staging table lives as long as the pooled connection; its rows only until commit.
         t.batch_execute(
-            "SET LOCAL synchronous_commit = off; \
-             SET LOCAL client_min_messages = warning; \
+            "SET LOCAL client_min_messages = warning; \
              CREATE TEMP TABLE IF NOT EXISTS request_logs_staging \
              (LIKE request_logs) ON COMMIT DELETE ROWS",
         )
         .await
         .map_err(map_err)?;
-        let sink = t.copy_in(COPY_STAGING.as_str()).await.map_err(map_err)?;
-        let mut writer = pin!(BinaryCopyInWriter::new(sink, &LOG_TYPES));
-        for r in &rows {
-            writer.as_mut().write(&refs(r)).await.map_err(map_err)?;
-        }
-        writer.as_mut().finish().await.map_err(map_err)?;
+        copy_logs(&t, COPY_STAGING.as_str(), &rows)
+            .await
+            .map_err(map_err)?;
         let insert = t
             .prepare_cached(&INSERT_FROM_STAGING)
             .await
