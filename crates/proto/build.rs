@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["poolgate/v1/admin.proto"];
+    let files = [
+        "poolgate/v1/admin.proto",
+        "poolgate/v1/snapshot.proto",
+        "poolgate/v1/report.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={}", root.join(f).display());
     }

@@ -1,81 +1,21 @@
-//! Conversions between the admin API's protobuf messages and the domain types.
+//! Conversions between the admin API's request messages and the domain types. The plain
+//! message <-> domain conversions live in [`poolgate_proto::convert`] (shared with gateways
+//! and poolctl) and are re-exported here.
 //!
 //! Proto3 has no "unset" for scalars: an empty string or a zero means "not given" on input and
 //! "none" on output. Every enum-like string goes through the domain type's `FromStr`, whose
 //! error names the field and the allowed values.
 
 use poolgate_core::{
-    Account, AccountPatch, AccountSpec, AccountStatus, AdminToken, Attempt, AuditEvent,
-    AzureConfig, CodexIdentity, Error, ErrorClass, ExtraLimit, KeyPatch, KeySpec, LogFilter,
-    LogSummary, ManagedBy, PlatformKey, Provider, QuotaGuard, ReasoningEffort, RequestLog,
-    RoutingPolicy, StatusClass, StatusReason, Strategy, SummaryRow, UsageSnapshot, UsageWindow,
-    usage,
+    Account, AccountPatch, AccountSpec, AccountStatus, AzureConfig, Error, ErrorClass, KeyPatch,
+    KeySpec, LogFilter, ManagedBy, Provider, ReasoningEffort, StatusClass, StatusReason,
 };
 use poolgate_proto::v1 as pb;
 use poolgate_store::AccountFilter;
 
-fn non_empty(s: &str) -> Option<String> {
-    let t = s.trim();
-    (!t.is_empty()).then(|| t.to_string())
-}
-
-/// Parses an enum-like field that may be left empty (no filter).
-fn optional_enum<T: std::str::FromStr<Err = Error>>(s: &str) -> Result<Option<T>, Error> {
-    if s.trim().is_empty() {
-        Ok(None)
-    } else {
-        s.parse().map(Some)
-    }
-}
+pub use poolgate_proto::convert::*;
 
 // ------------------------------------------------------------------------------- accounts
-
-fn identity_to_pb(i: &CodexIdentity) -> pb::CodexIdentity {
-    pb::CodexIdentity {
-        subject: i.subject.clone(),
-        chatgpt_account_id: i.chatgpt_account_id.clone(),
-        chatgpt_user_id: i.chatgpt_user_id.clone().unwrap_or_default(),
-        email: i.email.clone().unwrap_or_default(),
-        plan_type: i.plan_type.clone().unwrap_or_default(),
-    }
-}
-
-pub fn account_to_pb(a: &Account) -> pb::Account {
-    let s = &a.spec;
-    pb::Account {
-        id: a.id.clone(),
-        provider: s.provider.to_string(),
-        name: s.name.clone(),
-        group: s.group.clone(),
-        tags: s.tags.clone(),
-        priority: s.priority,
-        note: s.note.clone(),
-        enabled: s.enabled,
-        status: a.status.to_string(),
-        status_reason: a.status_reason.map(|r| r.to_string()).unwrap_or_default(),
-        max_inflight: s.max_inflight,
-        proxy_url: s.proxy_url.clone().unwrap_or_default(),
-        model_filter: s.model_filter.clone(),
-        base_url: s.base_url.clone().unwrap_or_default(),
-        azure_deployment: s
-            .azure
-            .as_ref()
-            .map(|z| z.deployment.clone())
-            .unwrap_or_default(),
-        azure_api_version: s
-            .azure
-            .as_ref()
-            .map(|z| z.api_version.clone())
-            .unwrap_or_default(),
-        identity: a.identity.as_ref().map(identity_to_pb),
-        managed_by: a.managed_by.to_string(),
-        managed_ref: a.managed_ref.clone().unwrap_or_default(),
-        has_credentials: a.has_credentials,
-        created_at_ms: a.created_at_ms,
-        updated_at_ms: a.updated_at_ms,
-        effective_base_url: a.effective_base_url().unwrap_or_default().to_string(),
-    }
-}
 
 /// The account spec of a create request (validated). Credentials are handled by the caller.
 pub fn account_spec_from_create(r: &pb::CreateAccountRequest) -> Result<AccountSpec, Error> {
@@ -174,28 +114,6 @@ pub fn account_filter(group: &str, provider: &str, status: &str) -> Result<Accou
 
 // ------------------------------------------------------------------------------- keys
 
-pub fn key_to_pb(k: &PlatformKey) -> pb::PlatformKey {
-    let s = &k.spec;
-    pb::PlatformKey {
-        id: k.id.clone(),
-        name: s.name.clone(),
-        prefix: k.prefix.clone(),
-        status: k.status.to_string(),
-        expires_at_ms: s.expires_at_ms.unwrap_or(0),
-        allowed_models: s.allowed_models.clone(),
-        model_override: s.model_override.clone().unwrap_or_default(),
-        reasoning_effort: s
-            .reasoning_effort
-            .map(|e| e.to_string())
-            .unwrap_or_default(),
-        account_groups: s.account_groups.clone(),
-        managed_by: k.managed_by.to_string(),
-        managed_ref: k.managed_ref.clone().unwrap_or_default(),
-        created_at_ms: k.created_at_ms,
-        updated_at_ms: k.updated_at_ms,
-    }
-}
-
 fn expiry(ms: i64, now_ms: i64) -> Result<Option<i64>, Error> {
     match ms {
         0 => Ok(None),
@@ -236,77 +154,7 @@ pub fn key_patch_from_update(r: &pb::UpdateKeyRequest, now_ms: i64) -> Result<Ke
     })
 }
 
-// ------------------------------------------------------------------------------- usage
-
-fn window_to_pb(w: &UsageWindow) -> pb::UsageWindow {
-    pb::UsageWindow {
-        used_percent: w.used_percent,
-        window_minutes: w.window_minutes,
-        resets_at_ms: w.resets_at_ms.unwrap_or(0),
-    }
-}
-
-fn extra_to_pb(e: &ExtraLimit) -> pb::ExtraLimit {
-    pb::ExtraLimit {
-        name: e.name.clone(),
-        primary: e.primary.as_ref().map(window_to_pb),
-        secondary: e.secondary.as_ref().map(window_to_pb),
-        limit_reached: e.limit_reached,
-    }
-}
-
-pub fn usage_to_pb(a: &Account, u: Option<&UsageSnapshot>) -> pb::AccountUsage {
-    pb::AccountUsage {
-        account_id: a.id.clone(),
-        name: a.spec.name.clone(),
-        provider: a.spec.provider.to_string(),
-        status: a.status.to_string(),
-        status_reason: a.status_reason.map(|r| r.to_string()).unwrap_or_default(),
-        availability: usage::availability_of(u).to_string(),
-        primary: u.and_then(|u| u.primary.as_ref()).map(window_to_pb),
-        secondary: u.and_then(|u| u.secondary.as_ref()).map(window_to_pb),
-        five_hour: u.and_then(UsageSnapshot::five_hour).map(window_to_pb),
-        weekly: u.and_then(UsageSnapshot::weekly).map(window_to_pb),
-        extra: u
-            .map(|u| u.extra.iter().map(extra_to_pb).collect())
-            .unwrap_or_default(),
-        captured_at_ms: u.map_or(0, |u| u.captured_at_ms),
-    }
-}
-
 // ------------------------------------------------------------------------------- logs
-
-fn attempt_to_pb(a: &Attempt) -> pb::Attempt {
-    pb::Attempt {
-        account_id: a.account_id.clone(),
-        status: u32::from(a.status),
-        error_class: a.error_class.map(|c| c.to_string()).unwrap_or_default(),
-        duration_ms: a.duration_ms,
-    }
-}
-
-pub fn log_to_pb(r: &RequestLog) -> pb::RequestLog {
-    pb::RequestLog {
-        id: r.id.clone(),
-        ts_ms: r.ts_ms,
-        key_id: r.key_id.clone().unwrap_or_default(),
-        account_id: r.account_id.clone().unwrap_or_default(),
-        attempts: r.attempts.iter().map(attempt_to_pb).collect(),
-        method: r.method.clone(),
-        path: r.path.clone(),
-        model: r.model.clone().unwrap_or_default(),
-        protocol: r.protocol.clone(),
-        status: u32::from(r.status),
-        error_class: r.error_class.map(|c| c.to_string()).unwrap_or_default(),
-        input_tokens: r.input_tokens,
-        cached_input_tokens: r.cached_input_tokens,
-        output_tokens: r.output_tokens,
-        reasoning_tokens: r.reasoning_tokens,
-        ttfb_ms: r.ttfb_ms.unwrap_or(0),
-        duration_ms: r.duration_ms,
-        node: r.node.clone(),
-    }
-}
 
 pub fn log_filter_from_pb(f: Option<&pb::LogFilter>) -> Result<LogFilter, Error> {
     let Some(f) = f else {
@@ -331,101 +179,6 @@ pub fn log_filter_from_pb(f: Option<&pb::LogFilter>) -> Result<LogFilter, Error>
     };
     filter.validate()?;
     Ok(filter)
-}
-
-fn summary_row_to_pb(r: &SummaryRow) -> pb::SummaryRow {
-    pb::SummaryRow {
-        key: r.key.clone(),
-        requests: r.requests,
-        errors: r.errors,
-        input_tokens: r.input_tokens,
-        cached_input_tokens: r.cached_input_tokens,
-        output_tokens: r.output_tokens,
-        reasoning_tokens: r.reasoning_tokens,
-    }
-}
-
-pub fn summary_to_pb(s: &LogSummary) -> pb::LogSummary {
-    pb::LogSummary {
-        total: Some(summary_row_to_pb(&s.total)),
-        by_model: s.by_model.iter().map(summary_row_to_pb).collect(),
-        by_account: s.by_account.iter().map(summary_row_to_pb).collect(),
-    }
-}
-
-// ------------------------------------------------------------------------------- policy
-
-pub fn policy_to_pb(p: &RoutingPolicy) -> pb::RoutingPolicy {
-    pb::RoutingPolicy {
-        strategy: p.strategy.to_string(),
-        p2c_window: p.p2c_window,
-        cooldown_429_secs: p.cooldown_429_secs.clone(),
-        cooldown_5xx_secs: p.cooldown_5xx_secs,
-        cooldown_network_secs: p.cooldown_network_secs,
-        cooldown_auth_secs: p.cooldown_auth_secs,
-        quota_guard: Some(pb::QuotaGuard {
-            enabled: p.quota_guard.enabled,
-            min_five_hour_remaining_percent: p.quota_guard.min_five_hour_remaining_percent,
-            min_weekly_remaining_percent: p.quota_guard.min_weekly_remaining_percent,
-        }),
-        default_max_inflight: p.default_max_inflight,
-    }
-}
-
-/// A whole policy from a request (validated).
-pub fn policy_from_pb(p: Option<&pb::RoutingPolicy>) -> Result<RoutingPolicy, Error> {
-    let Some(p) = p else {
-        return Err(Error::invalid(
-            "policy",
-            "is required (get the policy, change it, set it)",
-        ));
-    };
-    let Some(g) = &p.quota_guard else {
-        return Err(Error::invalid(
-            "policy.quota_guard",
-            "is required (get the policy, change it, set it)",
-        ));
-    };
-    let policy = RoutingPolicy {
-        strategy: p.strategy.parse::<Strategy>()?,
-        p2c_window: p.p2c_window,
-        cooldown_429_secs: p.cooldown_429_secs.clone(),
-        cooldown_5xx_secs: p.cooldown_5xx_secs,
-        cooldown_network_secs: p.cooldown_network_secs,
-        cooldown_auth_secs: p.cooldown_auth_secs,
-        quota_guard: QuotaGuard {
-            enabled: g.enabled,
-            min_five_hour_remaining_percent: g.min_five_hour_remaining_percent,
-            min_weekly_remaining_percent: g.min_weekly_remaining_percent,
-        },
-        default_max_inflight: p.default_max_inflight,
-    };
-    policy.validate()?;
-    Ok(policy)
-}
-
-// ------------------------------------------------------------------------------- admin
-
-pub fn admin_token_to_pb(t: &AdminToken) -> pb::AdminToken {
-    pb::AdminToken {
-        id: t.id.clone(),
-        name: t.name.clone(),
-        role: t.role.to_string(),
-        prefix: t.prefix.clone(),
-        created_at_ms: t.created_at_ms,
-    }
-}
-
-pub fn audit_to_pb(e: &AuditEvent) -> pb::AuditEvent {
-    pb::AuditEvent {
-        id: e.id,
-        ts_ms: e.ts_ms,
-        actor: e.actor.clone(),
-        action: e.action.clone(),
-        target_kind: e.target_kind.clone(),
-        target_id: e.target_id.clone(),
-        detail: e.detail.clone(),
-    }
 }
 
 /// Describes who owns a Kubernetes-managed object, for FailedPrecondition messages.
@@ -577,29 +330,6 @@ mod tests {
             ..Default::default()
         };
         assert!(log_filter_from_pb(Some(&bad)).is_err());
-    }
-
-    #[test]
-    fn policy_round_trip_and_rejection() {
-        let p = RoutingPolicy::default();
-        assert_eq!(policy_from_pb(Some(&policy_to_pb(&p))).unwrap(), p);
-        assert!(policy_from_pb(None).is_err());
-        let mut bad = policy_to_pb(&p);
-        bad.strategy = "random".into();
-        assert!(
-            policy_from_pb(Some(&bad))
-                .unwrap_err()
-                .to_string()
-                .contains("ordered, balanced")
-        );
-        let mut bad = policy_to_pb(&p);
-        bad.p2c_window = 0;
-        assert!(
-            policy_from_pb(Some(&bad))
-                .unwrap_err()
-                .to_string()
-                .contains("p2c_window")
-        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub enum ControlError {
     },
     #[error("admin token file {}: {reason}", path.display())]
     AdminTokenFile { path: PathBuf, reason: String },
+    #[error("node token file {}: {reason}", path.display())]
+    NodeTokenFile { path: PathBuf, reason: String },
     #[error("no randomness available: {0}")]
     Random(String),
     #[error("gRPC server failed: {0}")]

@@ -1,15 +1,19 @@
 //! The poolgate control plane: the gRPC admin API (with health checking and server
-//! reflection), the admin HTTP server (`/healthz`, `/readyz`, `/metrics`) and background jobs
-//! (request-log retention), all over one [`Store`].
+//! reflection), the snapshot stream and report intake for gateways, the admin HTTP server
+//! (`/healthz`, `/readyz`, `/metrics`) and background jobs (retention), all over one [`Store`].
 //!
 //! [`bind`] opens both listeners (port 0 picks a free port) and [`ControlPlane::run`] serves
-//! until the shutdown future resolves; [`serve`] does both.
+//! until the shutdown future resolves; [`serve`] does both. In-process gateways (standalone)
+//! use [`ControlPlane::hub`] and [`ControlPlane::ingest`] instead of gRPC.
 
 pub mod auth;
 pub mod convert;
 pub mod error;
+pub mod gateway_api;
 mod http;
+pub mod hub;
 pub mod import;
+pub mod ingest;
 pub mod metrics;
 pub mod retention;
 pub mod service;
@@ -20,19 +24,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use poolgate_proto::v1::admin_service_server::AdminServiceServer;
+use poolgate_proto::v1::report_service_server::ReportServiceServer;
+use poolgate_proto::v1::snapshot_service_server::SnapshotServiceServer;
 use poolgate_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-pub use auth::{BOOTSTRAP_ACTOR, BootstrapToken, generate_secret};
+pub use auth::{BOOTSTRAP_ACTOR, BootstrapToken, NODE_TOKEN_PREFIX, NodeToken, generate_secret};
 pub use error::ControlError;
+pub use gateway_api::GatewayApi;
+pub use hub::{DeltaStream, HubConfig, HubError, SnapshotHub};
+pub use ingest::{IngestError, MAX_REPORT_LOGS, MAX_REPORT_OBSERVATIONS, ReportIngest};
 pub use metrics::Metrics;
 pub use service::AdminApi;
 
 pub const DEFAULT_REQUEST_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+/// Change-log rows younger than this are kept, so gateways reconnecting within a day resume
+/// with a delta instead of a full snapshot.
+pub const DEFAULT_CHANGE_LOG_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Change-log rows always kept, whatever their age.
+pub const DEFAULT_CHANGE_LOG_KEEP: u64 = 10_000;
 /// How long in-flight calls may take to finish once shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -49,6 +63,17 @@ pub struct ControlConfig {
     pub retention_interval: Duration,
     /// The bootstrap admin token (from `POOLGATE_ADMIN_TOKEN_FILE` or the data directory).
     pub bootstrap_token: Option<BootstrapToken>,
+    /// The token gateways present (from `POOLGATE_NODE_TOKEN_FILE` or the data directory).
+    /// Without one, the snapshot and report services refuse every call.
+    pub node_token: Option<NodeToken>,
+    /// This replica's name, shown per gateway by `poolctl get gateways`. Default: `HOSTNAME`
+    /// (the pod name in Kubernetes), else `control@<gRPC address>`.
+    pub node_name: Option<String>,
+    /// Change-log rows older than this are deleted (at least `change_log_keep` stay).
+    pub change_log_retention: Duration,
+    pub change_log_keep: u64,
+    /// Tuning of the snapshot stream.
+    pub hub: HubConfig,
 }
 
 impl ControlConfig {
@@ -59,6 +84,11 @@ impl ControlConfig {
             request_log_retention: DEFAULT_REQUEST_LOG_RETENTION,
             retention_interval: DEFAULT_RETENTION_INTERVAL,
             bootstrap_token: None,
+            node_token: None,
+            node_name: None,
+            change_log_retention: DEFAULT_CHANGE_LOG_RETENTION,
+            change_log_keep: DEFAULT_CHANGE_LOG_KEEP,
+            hub: HubConfig::default(),
         }
     }
 
@@ -73,6 +103,28 @@ impl ControlConfig {
                 "the retention interval must be at least 1s".into(),
             ));
         }
+        if let (Some(n), Some(b)) = (&self.node_token, &self.bootstrap_token)
+            && n.same_as(b)
+        {
+            return Err(ControlError::Config(
+                "the node token and the admin token must differ: gateways hold the node token"
+                    .into(),
+            ));
+        }
+        if self.change_log_keep == 0 {
+            return Err(ControlError::Config(
+                "at least one change-log row must be kept".into(),
+            ));
+        }
+        if self.hub.poll_interval < Duration::from_millis(10) || self.hub.buffer == 0 {
+            return Err(ControlError::Config(
+                "the snapshot poll interval must be at least 10ms and its buffer non-empty".into(),
+            ));
+        }
+        if let Some(name) = &self.node_name {
+            ingest::check_node_id(name)
+                .map_err(|_| ControlError::Config(format!("invalid node name {name:?}")))?;
+        }
         Ok(())
     }
 }
@@ -82,6 +134,9 @@ pub struct ControlPlane {
     config: ControlConfig,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    hub: SnapshotHub,
+    ingest: ReportIngest,
+    node_name: String,
     grpc: TcpListener,
     admin: TcpListener,
     grpc_addr: SocketAddr,
@@ -122,10 +177,25 @@ pub async fn bind(
     config.validate()?;
     let (grpc, grpc_addr) = listen("gRPC", &config.grpc_listen).await?;
     let (admin, admin_addr) = listen("admin HTTP", &config.admin_listen).await?;
+    let node_name = config
+        .node_name
+        .clone()
+        .or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| ingest::check_node_id(h).is_ok())
+        })
+        .unwrap_or_else(|| format!("control@{grpc_addr}"));
+    let metrics = Arc::new(Metrics::new());
+    let hub = SnapshotHub::new(store.clone(), metrics.clone(), config.hub.clone());
+    let ingest = ReportIngest::new(store.clone(), metrics.clone(), hub.clone(), &node_name);
     Ok(ControlPlane {
         config,
         store,
-        metrics: Arc::new(Metrics::new()),
+        metrics,
+        hub,
+        ingest,
+        node_name,
         grpc,
         admin,
         grpc_addr,
@@ -155,6 +225,23 @@ impl ControlPlane {
         self.metrics.clone()
     }
 
+    /// The snapshot hub, for gateways in the same process. It serves once [`run`] started.
+    ///
+    /// [`run`]: ControlPlane::run
+    pub fn hub(&self) -> SnapshotHub {
+        self.hub.clone()
+    }
+
+    /// Report intake, for gateways in the same process.
+    pub fn ingest(&self) -> ReportIngest {
+        self.ingest.clone()
+    }
+
+    /// This replica's name, as recorded for the gateways it serves.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
     /// Serves gRPC, admin HTTP and the retention job until `shutdown` resolves, then stops
     /// accepting, lets in-flight calls finish (up to 10 s) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ControlError> {
@@ -162,6 +249,9 @@ impl ControlPlane {
             config,
             store,
             metrics,
+            hub,
+            ingest,
+            node_name,
             grpc,
             admin,
             grpc_addr,
@@ -171,6 +261,12 @@ impl ControlPlane {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<AdminServiceServer<AdminApi>>().await;
+        health
+            .set_serving::<SnapshotServiceServer<GatewayApi>>()
+            .await;
+        health
+            .set_serving::<ReportServiceServer<GatewayApi>>()
+            .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(poolgate_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -183,8 +279,18 @@ impl ControlPlane {
         let api = AdminApi::new(
             store.clone(),
             config.bootstrap_token.clone(),
+            config.node_token.clone(),
             metrics.clone(),
         );
+        let gateways = GatewayApi::new(
+            hub.clone(),
+            ingest,
+            store.clone(),
+            metrics.clone(),
+            config.node_token.clone(),
+            node_name.clone(),
+        );
+        let hub_task = tokio::spawn(hub.run(stop_rx.clone()));
 
         let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
         let mut grpc_stop = stop_rx.clone();
@@ -194,6 +300,8 @@ impl ControlPlane {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api.into_server())
+            .add_service(gateways.clone().snapshot_server())
+            .add_service(gateways.report_server())
             .serve_with_incoming_shutdown(incoming, async move {
                 stopped(&mut grpc_stop).await;
             });
@@ -206,7 +314,11 @@ impl ControlPlane {
         let retention = tokio::spawn(retention::run(
             store.clone(),
             metrics.clone(),
-            config.request_log_retention,
+            retention::Retention {
+                request_logs: config.request_log_retention,
+                change_log: config.change_log_retention,
+                change_log_keep: config.change_log_keep,
+            },
             config.retention_interval,
             stop_rx.clone(),
         ));
@@ -215,7 +327,9 @@ impl ControlPlane {
         tracing::info!(admin_listen = %admin_addr, "admin HTTP listening");
         tracing::info!(
             store = store.backend(),
+            node = %node_name,
             request_log_retention = %humantime::format_duration(config.request_log_retention),
+            gateways_enabled = config.node_token.is_some(),
             "control plane started"
         );
 
@@ -230,6 +344,13 @@ impl ControlPlane {
         health
             .set_not_serving::<AdminServiceServer<AdminApi>>()
             .await;
+        health
+            .set_not_serving::<SnapshotServiceServer<GatewayApi>>()
+            .await;
+        health
+            .set_not_serving::<ReportServiceServer<GatewayApi>>()
+            .await;
+        // Stops the hub too, which ends every snapshot stream so the server can drain.
         let _ = stop_tx.send(true);
         let result = match early {
             Some(r) => r,
@@ -249,6 +370,7 @@ impl ControlPlane {
             tracing::warn!("admin HTTP connections still open after 10s; closing them");
         }
         retention.abort();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, hub_task).await;
         match result {
             Ok(r) => r.map_err(ControlError::from),
             Err(join) => Err(ControlError::Task(join.to_string())),

@@ -5,6 +5,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -24,6 +25,16 @@ struct OperationLabels {
     operation: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. ~16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -36,6 +47,15 @@ pub struct Metrics {
     logs_ingested: Counter,
     retention_pruned: Counter,
     store_errors: Family<OperationLabels, Counter>,
+    snapshot_version: Gauge,
+    snapshot_subscribers: Gauge,
+    snapshot_messages: Family<KindLabels, Counter>,
+    snapshot_lagged: Counter,
+    reports: Family<OutcomeLabels, Counter>,
+    observations: Family<KindLabels, Counter>,
+    observed_changes: Counter,
+    gateway_dropped: Counter,
+    changes_pruned: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -70,8 +90,8 @@ impl Metrics {
         );
         let logs_ingested = Counter::default();
         registry.register(
-            "poolgate_control_request_log_rows_ingested",
-            "Request-log rows written to the store",
+            "poolgate_control_request_log_rows",
+            "Request-log rows gateways reported that were written to the store",
             logs_ingested.clone(),
         );
         let retention_pruned = Counter::default();
@@ -86,6 +106,60 @@ impl Metrics {
             "Store failures (database unavailable or failing) by operation",
             store_errors.clone(),
         );
+        let snapshot_version = Gauge::default();
+        registry.register(
+            "poolgate_control_snapshot_version",
+            "The newest change-log version the snapshot hub has built",
+            snapshot_version.clone(),
+        );
+        let snapshot_subscribers = Gauge::default();
+        registry.register(
+            "poolgate_control_snapshot_subscribers",
+            "Open snapshot streams (gateways watching this replica)",
+            snapshot_subscribers.clone(),
+        );
+        let snapshot_messages = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "poolgate_control_snapshot_messages",
+            "Snapshot messages sent to subscribers, by kind (full, catch_up, delta)",
+            snapshot_messages.clone(),
+        );
+        let snapshot_lagged = Counter::default();
+        registry.register(
+            "poolgate_control_snapshot_lagged",
+            "Times a subscriber fell behind the delta buffer and was caught up afresh",
+            snapshot_lagged.clone(),
+        );
+        let reports = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "poolgate_control_reports",
+            "Gateway report batches by outcome (ok, invalid, error)",
+            reports.clone(),
+        );
+        let observations = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "poolgate_control_observations",
+            "Account observations gateways reported, by kind",
+            observations.clone(),
+        );
+        let observed_changes = Counter::default();
+        registry.register(
+            "poolgate_control_observed_account_changes",
+            "Account state changes (cooldown, status, usage) folded from observations",
+            observed_changes.clone(),
+        );
+        let gateway_dropped = Counter::default();
+        registry.register(
+            "poolgate_control_gateway_dropped_records",
+            "Records gateways dropped because their report buffer was full",
+            gateway_dropped.clone(),
+        );
+        let changes_pruned = Counter::default();
+        registry.register(
+            "poolgate_control_change_log_pruned_rows",
+            "Change-log rows deleted by the retention job",
+            changes_pruned.clone(),
+        );
         Metrics {
             registry,
             grpc_requests,
@@ -93,6 +167,15 @@ impl Metrics {
             logs_ingested,
             retention_pruned,
             store_errors,
+            snapshot_version,
+            snapshot_subscribers,
+            snapshot_messages,
+            snapshot_lagged,
+            reports,
+            observations,
+            observed_changes,
+            gateway_dropped,
+            changes_pruned,
         }
     }
 
@@ -114,6 +197,50 @@ impl Metrics {
 
     pub fn retention_pruned(&self, rows: u64) {
         self.retention_pruned.inc_by(rows);
+    }
+
+    pub fn snapshot_version(&self, version: i64) {
+        self.snapshot_version.set(version);
+    }
+
+    pub fn snapshot_subscribed(&self) {
+        self.snapshot_subscribers.inc();
+    }
+
+    pub fn snapshot_unsubscribed(&self) {
+        self.snapshot_subscribers.dec();
+    }
+
+    /// `kind`: `full`, `catch_up` or `delta`.
+    pub fn snapshot_message(&self, kind: &'static str) {
+        self.snapshot_messages
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    pub fn snapshot_lagged(&self) {
+        self.snapshot_lagged.inc();
+    }
+
+    /// `outcome`: `ok`, `invalid` or `error`.
+    pub fn report(&self, outcome: &'static str) {
+        self.reports.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn observation(&self, kind: &'static str) {
+        self.observations.get_or_create(&KindLabels { kind }).inc();
+    }
+
+    pub fn observed_changes(&self, accounts: u64) {
+        self.observed_changes.inc_by(accounts);
+    }
+
+    pub fn gateway_dropped(&self, records: u64) {
+        self.gateway_dropped.inc_by(records);
+    }
+
+    pub fn changes_pruned(&self, rows: u64) {
+        self.changes_pruned.inc_by(rows);
     }
 
     pub fn store_error(&self, operation: &'static str) {
@@ -151,6 +278,13 @@ mod tests {
         ));
         assert!(text.contains("poolgate_control_retention_pruned_rows_total 7"));
         assert!(text.contains("poolgate_control_store_errors_total{operation=\"retention\"} 1"));
-        assert!(text.contains("poolgate_control_request_log_rows_ingested_total 0"));
+        assert!(text.contains("poolgate_control_request_log_rows_total 0"));
+        m.snapshot_message("full");
+        m.snapshot_subscribed();
+        m.snapshot_version(42);
+        let text = m.encode().unwrap();
+        assert!(text.contains("poolgate_control_snapshot_messages_total{kind=\"full\"} 1"));
+        assert!(text.contains("poolgate_control_snapshot_subscribers 1"));
+        assert!(text.contains("poolgate_control_snapshot_version 42"));
     }
 }

@@ -21,7 +21,9 @@ use poolgate_proto::v1::admin_service_server::{AdminService, AdminServiceServer}
 use poolgate_store::{ImportOutcome, Store, listing, new_id, now_ms};
 use tonic::{Code, Request, Response, Status};
 
-use crate::auth::{Authenticator, BOOTSTRAP_ACTOR, BootstrapToken, Caller, generate_secret};
+use crate::auth::{
+    Authenticator, BOOTSTRAP_ACTOR, BootstrapToken, Caller, NodeToken, generate_secret,
+};
 use crate::convert::{self, managed_elsewhere};
 use crate::error::ApiError;
 use crate::import::{self, OUTCOME_CREATED, OUTCOME_FAILED, OUTCOME_UPDATED};
@@ -33,6 +35,10 @@ pub const MAX_DECODING_MESSAGE_SIZE: usize = 40 * 1024 * 1024;
 
 const READ: bool = false;
 const WRITE: bool = true;
+
+/// `ListGateways` shows gateways seen within this window (a watching gateway is seen at least
+/// every 30 seconds).
+pub const GATEWAY_ACTIVE_WINDOW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 type RpcResult<T> = Result<Response<T>, Status>;
 
@@ -92,12 +98,14 @@ fn validate_token_name(name: &str) -> Result<String, ApiError> {
 }
 
 impl AdminApi {
+    /// `node_token` is refused here: it belongs to gateways.
     pub fn new(
         store: Arc<dyn Store>,
         bootstrap: Option<BootstrapToken>,
+        node_token: Option<NodeToken>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let auth = Authenticator::new(bootstrap, store.clone());
+        let auth = Authenticator::new(bootstrap, node_token, store.clone());
         AdminApi {
             store,
             auth,
@@ -716,6 +724,35 @@ impl AdminService for AdminApi {
                 .delete_admin_token(require_id("id", &r.id)?, &c.name)
                 .await?;
             Ok(pb::DeleteAdminTokenResponse {})
+        })
+        .await
+    }
+
+    async fn list_gateways(
+        &self,
+        req: Request<pb::ListGatewaysRequest>,
+    ) -> RpcResult<pb::ListGatewaysResponse> {
+        self.call("ListGateways", READ, req, |_, _| async move {
+            let version = self.store.current_version().await?;
+            let window = i64::try_from(GATEWAY_ACTIVE_WINDOW.as_millis()).unwrap_or(i64::MAX);
+            let gateways = self
+                .store
+                .list_gateways(now_ms().saturating_sub(window))
+                .await?;
+            Ok(pb::ListGatewaysResponse {
+                gateways: gateways
+                    .into_iter()
+                    .map(|g| pb::Gateway {
+                        lag: version.saturating_sub(g.applied_version).max(0),
+                        node_id: g.node_id,
+                        applied_version: g.applied_version,
+                        connected_at_ms: g.connected_at_ms.unwrap_or(0),
+                        last_report_at_ms: g.last_report_at_ms.unwrap_or(0),
+                        control_node: g.control_node,
+                    })
+                    .collect(),
+                version,
+            })
         })
         .await
     }

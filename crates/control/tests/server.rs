@@ -144,7 +144,7 @@ async fn admin_http_endpoints() {
         "poolgate_control_grpc_requests_total{method=\"ListAccounts\",code=\"Ok\"} 1",
         "poolgate_control_grpc_requests_total{method=\"ListAccounts\",code=\"InvalidArgument\"} 1",
         "poolgate_control_grpc_requests_total{method=\"ListAccounts\",code=\"Unauthenticated\"} 1",
-        "poolgate_control_request_log_rows_ingested_total 0",
+        "poolgate_control_request_log_rows_total 0",
     ] {
         assert!(body.contains(line), "missing {line:?} in\n{body}");
     }

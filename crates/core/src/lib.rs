@@ -13,6 +13,7 @@ pub mod key;
 pub mod log;
 pub mod page;
 pub mod policy;
+pub mod report;
 pub mod secret;
 pub mod snapshot;
 pub mod usage;

@@ -111,6 +111,9 @@ pub enum GetCmd {
     /// Admin tokens.
     #[command(visible_alias = "token")]
     Tokens,
+    /// Gateways seen in the last few minutes, with the snapshot version each has applied.
+    #[command(visible_alias = "gateway", alias = "gw")]
+    Gateways,
     /// Audit events, newest first.
     Audit {
         /// At most this many events.
@@ -540,6 +543,12 @@ mod tests {
             parse(&["delete", "token", "t"]).unwrap().command,
             Command::Delete(DeleteCmd::Token { .. })
         ));
+        for g in ["gateways", "gateway", "gw"] {
+            assert!(matches!(
+                parse(&["get", g, "-o", "yaml"]).unwrap().command,
+                Command::Get(GetCmd::Gateways)
+            ));
+        }
         let c = parse(&[
             "create",
             "account",

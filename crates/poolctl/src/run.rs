@@ -130,6 +130,7 @@ enum Plan {
     Policy,
     SetPolicy(SetPolicyArgs),
     Tokens,
+    Gateways,
     Audit(u32),
     CreateAccount(Box<v1::CreateAccountRequest>),
     CreateKey(v1::CreateKeyRequest),
@@ -166,6 +167,7 @@ impl Plan {
             Command::Get(GetCmd::Keys { id: None }) => Plan::ListKeys,
             Command::Get(GetCmd::Policy) => Plan::Policy,
             Command::Get(GetCmd::Tokens) => Plan::Tokens,
+            Command::Get(GetCmd::Gateways) => Plan::Gateways,
             Command::Get(GetCmd::Audit { limit }) => Plan::Audit(limit),
             Command::Set(SetCmd::Policy(s)) => Plan::SetPolicy(s),
             Command::Create(CreateCmd::Account(a)) => {
@@ -337,6 +339,15 @@ impl Plan {
                     &r.tokens,
                     |now| table::tokens(now, &r.tokens),
                     "No admin tokens found.",
+                )?;
+            }
+            Plan::Gateways => {
+                let req = v1::ListGatewaysRequest {};
+                let r = api.list_gateways(req).await.map_err(e)?.into_inner();
+                p.print(
+                    &r.gateways,
+                    |now| table::gateways(now, &r.gateways),
+                    "No gateways seen in the last 5 minutes.",
                 )?;
             }
             Plan::Audit(limit) => {

@@ -360,6 +360,28 @@ pub fn tokens(now_ms: i64, list: &[v1::AdminToken]) -> Table {
     t
 }
 
+pub fn gateways(now_ms: i64, list: &[v1::Gateway]) -> Table {
+    let mut t = Table::new(&[
+        "NODE",
+        "VERSION",
+        "LAG",
+        "CONTROL",
+        "CONNECTED",
+        "LAST-REPORT",
+    ]);
+    for g in list {
+        t.row(vec![
+            g.node_id.clone(),
+            g.applied_version.to_string(),
+            g.lag.to_string(),
+            g.control_node.clone(),
+            age(now_ms, g.connected_at_ms),
+            age(now_ms, g.last_report_at_ms),
+        ]);
+    }
+    t
+}
+
 pub fn audit(list: &[v1::AuditEvent]) -> Table {
     let mut t = Table::new(&["TIME", "ACTOR", "ACTION", "KIND", "TARGET", "DETAIL"]);
     for e in list {
@@ -583,6 +605,47 @@ mod tests {
                 "420ms",
                 "2.3s",
                 "2"
+            ]
+        );
+    }
+
+    #[test]
+    fn gateways_table() {
+        let list = vec![
+            v1::Gateway {
+                node_id: "gw-0".into(),
+                applied_version: 40,
+                lag: 2,
+                connected_at_ms: NOW - 3 * 3_600_000,
+                last_report_at_ms: NOW - 5_000,
+                control_node: "control-1".into(),
+            },
+            v1::Gateway {
+                node_id: "gw-1".into(),
+                applied_version: 42,
+                control_node: "control-0".into(),
+                connected_at_ms: NOW - 60_000,
+                ..Default::default()
+            },
+        ];
+        let out = gateways(NOW, &list).render();
+        let rows: Vec<Vec<&str>> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                vec![
+                    "NODE",
+                    "VERSION",
+                    "LAG",
+                    "CONTROL",
+                    "CONNECTED",
+                    "LAST-REPORT"
+                ],
+                vec!["gw-0", "40", "2", "control-1", "3h", "5s"],
+                vec!["gw-1", "42", "0", "control-0", "1m", "-"],
             ]
         );
     }

@@ -1,8 +1,9 @@
 //! The `poolgate` binary: subcommand wiring only.
 //!
 //! - `poolgate standalone`: the control plane on the embedded SQLite store, with its
-//!   encryption key and bootstrap admin token in one data directory.
+//!   encryption key, bootstrap admin token and node token in one data directory.
 //! - `poolgate control`: the control plane on PostgreSQL.
+//! - `poolgate gateway`: the data plane, following a control plane over gRPC.
 //!
 //! Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 2 for bad configuration, 1 when
 //! something fails at run time (database unreachable, address in use).
@@ -14,13 +15,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use poolgate_control::{BootstrapToken, ControlConfig};
+use poolgate_control::{BootstrapToken, ControlConfig, NODE_TOKEN_PREFIX, NodeToken};
 use poolgate_core::key::ADMIN_TOKEN_PREFIX;
 use poolgate_store::Cipher;
 use poolgate_store::crypto::write_private_file;
 use poolgate_store::postgres::PgStore;
 use poolgate_store::sqlite::SqliteStore;
 use tracing_subscriber::EnvFilter;
+
+mod gateway;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +51,8 @@ enum Command {
     Standalone(StandaloneArgs),
     /// Control plane on PostgreSQL (cluster mode).
     Control(ControlArgs),
+    /// Gateway (data plane) following a control plane over gRPC.
+    Gateway(gateway::GatewayArgs),
 }
 
 fn parse_retention(s: &str) -> Result<Duration, String> {
@@ -68,7 +73,8 @@ fn key_error(e: poolgate_store::StoreError) -> String {
 
 #[derive(Debug, Args)]
 struct StandaloneArgs {
-    /// Directory for the SQLite database, the encryption key and admin.token (created 0700).
+    /// Directory for the SQLite database, the encryption key, admin.token and node.token
+    /// (created 0700).
     #[arg(long, env = "POOLGATE_DATA_DIR", default_value = "./poolgate-data")]
     data_dir: PathBuf,
     /// gRPC admin API address (host:port; port 0 picks a free one).
@@ -80,6 +86,22 @@ struct StandaloneArgs {
     /// Request logs older than this are deleted.
     #[arg(long, env = "POOLGATE_REQUEST_LOG_RETENTION", default_value = "30d", value_parser = parse_retention)]
     request_log_retention: Duration,
+    /// The gateway's client-facing HTTP address (the OpenAI-compatible endpoint).
+    #[arg(
+        long,
+        env = "POOLGATE_GATEWAY_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    gateway_listen: String,
+    /// The gateway's admin HTTP address (/healthz, /readyz, /metrics).
+    #[arg(
+        long,
+        env = "POOLGATE_GATEWAY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    gateway_admin_listen: String,
+    #[command(flatten)]
+    gateway: gateway::GatewayTuning,
 }
 
 #[derive(Debug, Args)]
@@ -93,6 +115,10 @@ struct ControlArgs {
     /// File holding the bootstrap admin token.
     #[arg(long, env = "POOLGATE_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<PathBuf>,
+    /// File holding the node token gateways authenticate with (must differ from the admin
+    /// token).
+    #[arg(long, env = "POOLGATE_NODE_TOKEN_FILE")]
+    node_token_file: Option<PathBuf>,
     /// gRPC admin API address (host:port; port 0 picks a free one).
     #[arg(long, env = "POOLGATE_GRPC_LISTEN", default_value = "0.0.0.0:50051")]
     grpc_listen: String,
@@ -122,10 +148,14 @@ fn one_line(s: &str) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = init_logging(cli.log_format) {
-        eprintln!("poolgate: error: {e}");
-        return ExitCode::from(2);
-    }
+    // Declared before the runtime, so traces are flushed after it has stopped.
+    let _otel = match init_logging(cli.log_format) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("poolgate: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -140,6 +170,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Standalone(args) => standalone(args).await,
             Command::Control(args) => control(args).await,
+            Command::Gateway(args) => gateway::gateway(args).await,
         }
     });
     match result {
@@ -155,7 +186,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) -> Result<(), String> {
+/// Logs to stderr; with `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans also go out over OTLP (the
+/// guard flushes them at exit).
+fn init_logging(
+    format: LogFormat,
+) -> Result<Option<poolgate_gateway::telemetry::OtelGuard>, String> {
+    use tracing_subscriber::prelude::*;
     let spec = ["POOLGATE_LOG", "RUST_LOG"].iter().find_map(|k| {
         std::env::var(k)
             .ok()
@@ -166,17 +202,30 @@ fn init_logging(format: LogFormat) -> Result<(), String> {
         Some((var, v)) => EnvFilter::try_new(&v).map_err(|e| format!("{var}: {e}"))?,
         None => EnvFilter::new("info"),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let installed = match format {
-        // No colour codes when stderr is a file or a pipe: scripts parse these lines.
-        LogFormat::Text => builder
+    let (otel, guard) =
+        match poolgate_gateway::telemetry::otel_layer("poolgate").map_err(|e| e.to_string())? {
+            Some(o) => (Some(o.layer), Some(o.guard)),
+            None => (None, None),
+        };
+    // No colour codes when stderr is a file or a pipe: scripts parse these lines.
+    let text = (format == LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
             .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    installed.map_err(|e| format!("cannot install the logger: {e}"))
+    });
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
+    tracing_subscriber::registry()
+        .with(otel)
+        .with(filter)
+        .with(text)
+        .with(json)
+        .try_init()
+        .map_err(|e| format!("cannot install the logger: {e}"))?;
+    Ok(guard)
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, before the
@@ -232,22 +281,33 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Reuses DIR/admin.token, or writes a new one (mode 0600) on first start.
-fn ensure_admin_token(path: &Path) -> Result<bool, Failure> {
+/// Reuses the token file at `path`, or writes a new token with `prefix` (mode 0600) on first
+/// start. Returns whether it created one.
+fn ensure_token(path: &Path, prefix: &str, what: &str) -> Result<bool, Failure> {
     if path.exists() {
         return Ok(false);
     }
-    let token = poolgate_control::generate_secret(ADMIN_TOKEN_PREFIX)
-        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let token =
+        poolgate_control::generate_secret(prefix).map_err(|e| Failure::Runtime(e.to_string()))?;
     match write_private_file(path, format!("{token}\n").as_bytes()) {
         Ok(()) => Ok(true),
         // Another process created it first: use theirs.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(config_err(
-            &format!("cannot write the admin token to {}", path.display()),
+            &format!("cannot write the {what} to {}", path.display()),
             e,
         )),
     }
+}
+
+/// Reuses DIR/admin.token, or writes a new one (mode 0600) on first start.
+fn ensure_admin_token(path: &Path) -> Result<bool, Failure> {
+    ensure_token(path, ADMIN_TOKEN_PREFIX, "admin token")
+}
+
+/// Reuses DIR/node.token, or writes a new one (mode 0600) on first start.
+fn ensure_node_token(path: &Path) -> Result<bool, Failure> {
+    ensure_token(path, NODE_TOKEN_PREFIX, "node token")
 }
 
 async fn standalone(args: StandaloneArgs) -> Result<(), Failure> {
@@ -269,6 +329,10 @@ async fn standalone(args: StandaloneArgs) -> Result<(), Failure> {
     let created = ensure_admin_token(&token_path)?;
     let bootstrap = BootstrapToken::from_file(&token_path)
         .map_err(|e| config_err("--data-dir / POOLGATE_DATA_DIR", e))?;
+    let node_token_path = dir.join("node.token");
+    let node_created = ensure_node_token(&node_token_path)?;
+    let node_token = NodeToken::from_file(&node_token_path)
+        .map_err(|e| config_err("--data-dir / POOLGATE_DATA_DIR", e))?;
     let db_path = dir.join("poolgate.db");
     let store = SqliteStore::open(&db_path, cipher).map_err(|e| {
         Failure::Runtime(one_line(&format!(
@@ -282,12 +346,20 @@ async fn standalone(args: StandaloneArgs) -> Result<(), Failure> {
         encryption_key_file = %key_path.display(),
         admin_token_file = %token_path.display(),
         admin_token_created = created,
+        node_token_file = %node_token_path.display(),
+        node_token_created = node_created,
         "standalone data directory; the admin token is in admin_token_file (poolctl --token-file)"
     );
     let mut config = ControlConfig::new(args.grpc_listen, args.admin_listen);
     config.request_log_retention = args.request_log_retention;
     config.bootstrap_token = Some(bootstrap);
-    run_control_plane(config, Arc::new(store), shutdown).await
+    config.node_token = Some(node_token);
+    let gateway = args.gateway.config(
+        args.gateway_listen,
+        args.gateway_admin_listen,
+        "standalone".into(),
+    );
+    gateway::run_standalone(config, Arc::new(store), gateway, shutdown).await
 }
 
 // ------------------------------------------------------------------------------- control
@@ -341,6 +413,11 @@ async fn control(args: ControlArgs) -> Result<(), Failure> {
         "--admin-token-file",
         "POOLGATE_ADMIN_TOKEN_FILE",
     )?;
+    let node_token_file = required(
+        args.node_token_file,
+        "--node-token-file",
+        "POOLGATE_NODE_TOKEN_FILE",
+    )?;
 
     // tokio-postgres' parse errors name the bad option, never its value.
     let pg: tokio_postgres::Config = url.trim().parse().map_err(|e| {
@@ -357,6 +434,15 @@ async fn control(args: ControlArgs) -> Result<(), Failure> {
     })?;
     let bootstrap = BootstrapToken::from_file(&token_file)
         .map_err(|e| config_err("--admin-token-file / POOLGATE_ADMIN_TOKEN_FILE", e))?;
+    let node_token = NodeToken::from_file(&node_token_file)
+        .map_err(|e| config_err("--node-token-file / POOLGATE_NODE_TOKEN_FILE", e))?;
+    if node_token.same_as(&bootstrap) {
+        return Err(Failure::Config(
+            "--node-token-file / POOLGATE_NODE_TOKEN_FILE holds the admin token; gateways need \
+             a token of their own"
+                .into(),
+        ));
+    }
 
     let target = describe_database(&pg);
     tracing::info!(database = %target, "connecting to PostgreSQL");
@@ -366,6 +452,7 @@ async fn control(args: ControlArgs) -> Result<(), Failure> {
     let mut config = ControlConfig::new(args.grpc_listen, args.admin_listen);
     config.request_log_retention = args.request_log_retention;
     config.bootstrap_token = Some(bootstrap);
+    config.node_token = Some(node_token);
     run_control_plane(config, Arc::new(store), shutdown).await
 }
 
@@ -396,6 +483,9 @@ mod tests {
         assert_eq!(a.grpc_listen, "127.0.0.1:50051");
         assert_eq!(a.admin_listen, "127.0.0.1:9091");
         assert_eq!(a.request_log_retention, Duration::from_secs(30 * 86_400));
+        assert_eq!(a.gateway_listen, "127.0.0.1:8080");
+        assert_eq!(a.gateway_admin_listen, "127.0.0.1:9090");
+        assert_eq!(a.gateway.max_body, 16 << 20);
         let cli =
             Cli::try_parse_from(["poolgate", "control", "--request-log-retention", "12h"]).unwrap();
         let Command::Control(a) = cli.command else {
@@ -403,7 +493,16 @@ mod tests {
         };
         assert_eq!(a.grpc_listen, "0.0.0.0:50051");
         assert_eq!(a.request_log_retention, Duration::from_secs(12 * 3600));
-        assert!(Cli::try_parse_from(["poolgate", "gateway"]).is_err());
+        let cli = Cli::try_parse_from(["poolgate", "gateway", "--max-body", "1MiB"]).unwrap();
+        let Command::Gateway(g) = cli.command else {
+            panic!("gateway expected")
+        };
+        assert_eq!(g.control_url, "http://127.0.0.1:50051");
+        assert_eq!(g.gateway_listen, "0.0.0.0:8080");
+        assert_eq!(g.admin_listen, "0.0.0.0:9090");
+        assert_eq!(g.tuning.max_body, 1 << 20);
+        assert!(g.node_token_file.is_none());
+        assert!(Cli::try_parse_from(["poolgate", "gateway", "--max-body", "lots"]).is_err());
         assert!(
             Cli::try_parse_from(["poolgate", "standalone", "--request-log-retention", "soon"])
                 .is_err()
@@ -431,5 +530,16 @@ mod tests {
             0o600
         );
         BootstrapToken::from_file(&p).unwrap();
+
+        let n = data.join("node.token");
+        assert!(ensure_node_token(&n).unwrap());
+        let node = std::fs::read_to_string(&n).unwrap();
+        assert!(node.starts_with("pgn_") && node != first);
+        assert!(!ensure_node_token(&n).unwrap());
+        assert_eq!(
+            std::fs::metadata(&n).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        NodeToken::from_file(&n).unwrap();
     }
 }

@@ -21,6 +21,10 @@ fn start_standalone(data: &std::path::Path) -> (Child, String, String, mpsc::Rec
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
+            "--gateway-listen",
+            "127.0.0.1:0",
+            "--gateway-admin-listen",
+            "127.0.0.1:0",
         ])
         .env("POOLGATE_DATA_DIR", data)
         .env_remove("RUST_LOG")
@@ -47,7 +51,12 @@ fn start_standalone(data: &std::path::Path) -> (Child, String, String, mpsc::Rec
         if let Some(a) = line.split("grpc_listen=").nth(1) {
             grpc = Some(a.split_whitespace().next().unwrap().to_string());
         }
-        if let Some(a) = line.split("admin_listen=").nth(1) {
+        // The in-process gateway logs its own admin address too.
+        if let Some(a) = line
+            .split("admin_listen=")
+            .nth(1)
+            .filter(|_| !line.contains("gateway"))
+        {
             admin = Some(a.split_whitespace().next().unwrap().to_string());
         }
     }
@@ -103,11 +112,13 @@ fn standalone_starts_serves_and_stops_cleanly() {
 
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
-    for f in ["admin.token", "encryption.key", "poolgate.db"] {
+    for f in ["admin.token", "node.token", "encryption.key", "poolgate.db"] {
         assert_eq!(mode(&data.join(f)), 0o600, "{f}");
     }
     let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
     assert!(token.trim().starts_with("pga_"));
+    let node_token = std::fs::read_to_string(data.join("node.token")).unwrap();
+    assert!(node_token.trim().starts_with("pgn_"));
 
     signal(&child, "-TERM");
     assert_eq!(wait_exit(&mut child), 0);
@@ -117,6 +128,10 @@ fn standalone_starts_serves_and_stops_cleanly() {
     assert_eq!(
         std::fs::read_to_string(data.join("admin.token")).unwrap(),
         token
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("node.token")).unwrap(),
+        node_token
     );
     assert!(http_get(&admin, "/readyz").starts_with("HTTP/1.1 200"));
     signal(&child, "-INT");
@@ -133,6 +148,7 @@ fn run_control(env: &[(&str, &str)]) -> (i32, String) {
         "POOLGATE_DATABASE_URL",
         "POOLGATE_ENCRYPTION_KEY_FILE",
         "POOLGATE_ADMIN_TOKEN_FILE",
+        "POOLGATE_NODE_TOKEN_FILE",
     ] {
         cmd.env_remove(k);
     }
@@ -153,11 +169,14 @@ fn control_rejects_bad_configuration_in_one_line() {
     std::fs::write(&key, "11".repeat(32)).unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "pga_t\n").unwrap();
+    let node = dir.path().join("node");
+    std::fs::write(&node, "pgn_n\n").unwrap();
     let missing = dir.path().join("missing").display().to_string();
     let (key, token) = (key.display().to_string(), token.display().to_string());
+    let node = node.display().to_string();
     let url = "postgres://app:hunter2@127.0.0.1:1/db";
 
-    let cases: [Case<'_>; 5] = [
+    let cases: [Case<'_>; 8] = [
         (
             vec![],
             2,
@@ -167,6 +186,7 @@ fn control_rejects_bad_configuration_in_one_line() {
             vec![
                 ("POOLGATE_DATABASE_URL", url),
                 ("POOLGATE_ADMIN_TOKEN_FILE", &token),
+                ("POOLGATE_NODE_TOKEN_FILE", &node),
                 ("POOLGATE_ENCRYPTION_KEY_FILE", &missing),
             ],
             2,
@@ -176,6 +196,7 @@ fn control_rejects_bad_configuration_in_one_line() {
             vec![
                 ("POOLGATE_DATABASE_URL", url),
                 ("POOLGATE_ADMIN_TOKEN_FILE", &missing),
+                ("POOLGATE_NODE_TOKEN_FILE", &node),
                 ("POOLGATE_ENCRYPTION_KEY_FILE", &key),
             ],
             2,
@@ -185,6 +206,7 @@ fn control_rejects_bad_configuration_in_one_line() {
             vec![
                 ("POOLGATE_DATABASE_URL", "postgres://app:hunter2@h:port/db"),
                 ("POOLGATE_ADMIN_TOKEN_FILE", &token),
+                ("POOLGATE_NODE_TOKEN_FILE", &node),
                 ("POOLGATE_ENCRYPTION_KEY_FILE", &key),
             ],
             2,
@@ -194,6 +216,36 @@ fn control_rejects_bad_configuration_in_one_line() {
             vec![
                 ("POOLGATE_DATABASE_URL", url),
                 ("POOLGATE_ADMIN_TOKEN_FILE", &token),
+                ("POOLGATE_ENCRYPTION_KEY_FILE", &key),
+            ],
+            2,
+            "--node-token-file / POOLGATE_NODE_TOKEN_FILE is required",
+        ),
+        (
+            vec![
+                ("POOLGATE_DATABASE_URL", url),
+                ("POOLGATE_ADMIN_TOKEN_FILE", &token),
+                ("POOLGATE_NODE_TOKEN_FILE", &missing),
+                ("POOLGATE_ENCRYPTION_KEY_FILE", &key),
+            ],
+            2,
+            "--node-token-file / POOLGATE_NODE_TOKEN_FILE: node token file",
+        ),
+        (
+            vec![
+                ("POOLGATE_DATABASE_URL", url),
+                ("POOLGATE_ADMIN_TOKEN_FILE", &token),
+                ("POOLGATE_NODE_TOKEN_FILE", &token),
+                ("POOLGATE_ENCRYPTION_KEY_FILE", &key),
+            ],
+            2,
+            "holds the admin token",
+        ),
+        (
+            vec![
+                ("POOLGATE_DATABASE_URL", url),
+                ("POOLGATE_ADMIN_TOKEN_FILE", &token),
+                ("POOLGATE_NODE_TOKEN_FILE", &node),
                 ("POOLGATE_ENCRYPTION_KEY_FILE", &key),
             ],
             1,

@@ -15,11 +15,15 @@ pub mod sqlite;
 use async_trait::async_trait;
 use poolgate_core::authjson::ImportedCodexAuth;
 use poolgate_core::page::PageRequest;
+use poolgate_core::report::Observation;
+use poolgate_core::snapshot::AccountState;
 use poolgate_core::{
     Account, AccountPatch, AccountSpec, AccountStatus, AdminToken, AuditEvent, CodexIdentity,
     Credentials, KeyPatch, LogFilter, LogSummary, ManagedBy, PlatformKey, Provider, RequestLog,
     RoutingPolicy, UsageSnapshot,
 };
+
+use tokio::sync::watch;
 
 pub use crypto::Cipher;
 pub use error::StoreError;
@@ -79,6 +83,66 @@ pub struct Change {
     pub kind: ResourceKind,
     pub id: String,
     pub deleted: bool,
+}
+
+/// Everything gateways follow, read for a full snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FullState {
+    /// The newest change-log version when the read began. The state holds every change up to
+    /// it and possibly newer ones (which the following deltas send again).
+    pub version: i64,
+    /// Ordered by id, with decrypted credentials.
+    pub accounts: Vec<AccountState>,
+    /// Ordered by id.
+    pub keys: Vec<PlatformKey>,
+    pub policy: RoutingPolicy,
+}
+
+/// What [`Store::record_observations`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservationOutcome {
+    /// Accounts whose routing state changed (status, cooldown or usage), each with one new
+    /// change-log row. Ordered by id.
+    pub changed_accounts: Vec<String>,
+    /// Observations of accounts that do not exist (deleted since the gateway saw them).
+    pub unknown: u64,
+    /// Accounts newly marked for an OAuth token refresh.
+    pub refresh_requested: u64,
+}
+
+/// Why a gateway was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayEvent {
+    /// It opened a snapshot stream.
+    Connected,
+    /// It sent a report.
+    Reported,
+    /// Its snapshot stream is still open.
+    Heartbeat,
+}
+
+/// One sighting of a gateway, recorded with [`Store::upsert_gateway_seen`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySeen {
+    pub node_id: String,
+    /// The control-plane replica it talked to.
+    pub control_node: String,
+    /// The snapshot version it says it has applied (ignored for heartbeats).
+    pub applied_version: i64,
+    pub event: GatewayEvent,
+    pub at_ms: i64,
+}
+
+/// A gateway as the control plane last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRecord {
+    pub node_id: String,
+    pub control_node: String,
+    pub applied_version: i64,
+    /// When it last opened a snapshot stream.
+    pub connected_at_ms: Option<i64>,
+    pub last_report_at_ms: Option<i64>,
+    pub last_seen_at_ms: i64,
 }
 
 /// Listing names used in page tokens.
@@ -187,8 +251,56 @@ pub trait Store: Send + Sync + 'static {
     async fn list_audit(&self, page: &PageRequest) -> Result<Page<AuditEvent>>;
     /// The newest change-log version (0 when empty).
     async fn current_version(&self) -> Result<i64>;
-    /// Changes with a version greater than `after`, oldest first, at most `limit`.
+    /// Changes with a version greater than `after`, oldest first, at most `limit` (at most
+    /// 10,000 per call).
     async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<Change>>;
+    /// The oldest change-log version still retained (0 when the log is empty). A reader that
+    /// has applied version `v` can catch up from the log alone when `v + 1 >= oldest`.
+    async fn oldest_change_version(&self) -> Result<i64>;
+    /// Deletes the oldest changes: those older than `older_than_ms`, keeping at least the
+    /// newest `keep_last` (and always the newest one). Only ever a prefix of the log is
+    /// removed, so the log never has holes. Returns how many rows were deleted.
+    async fn prune_changes(&self, older_than_ms: i64, keep_last: u64) -> Result<u64>;
+    /// Versions committed through this store object, as they commit (both backends). The
+    /// value is the newest such version.
+    fn local_changes(&self) -> watch::Receiver<i64>;
+    /// Versions committed by other processes on the same database: PostgreSQL `LISTEN` on a
+    /// dedicated connection that reconnects by itself (and then signals a change, since some
+    /// may have been missed). The listener stops when the receiver is dropped. `None` where
+    /// no other process can write (SQLite) or outside a tokio runtime.
+    fn remote_changes(&self) -> Option<watch::Receiver<i64>>;
+
+    // --- snapshot support -------------------------------------------------------------------
+    /// The state gateways need for each listed account that exists (ordered by id): the
+    /// account, its decrypted credentials, usage and shared cooldown.
+    async fn load_account_states(&self, ids: &[String]) -> Result<Vec<AccountState>>;
+    /// The listed keys that exist, ordered by id.
+    async fn load_keys(&self, ids: &[String]) -> Result<Vec<PlatformKey>>;
+    /// Every account state, key and the policy, one query each.
+    async fn load_all_states(&self) -> Result<FullState>;
+    /// Folds what gateways observed into the shared account state, in one transaction:
+    /// 429s and exhausted quota extend the cooldown (to the later of old and new; exhausted
+    /// quota also marks its usage window full), deactivation and a 401 on an account that
+    /// cannot be refreshed make it unavailable, a 401 on a refreshable OAuth account marks it
+    /// for the refresh job, and usage headers update the usage windows (skipped when they
+    /// moved by less than half a percentage point with the same reset). Each account whose
+    /// routing state changed gets one change-log row; observations of unknown accounts are
+    /// counted and skipped. `actor` names the reporter in audit events of status changes.
+    async fn record_observations(
+        &self,
+        observations: &[Observation],
+        actor: &str,
+    ) -> Result<ObservationOutcome>;
+    /// Accounts a gateway saw fail authentication that still have a refresh token, for the
+    /// leader's token refresh job. New credentials clear the mark.
+    async fn accounts_needing_refresh(&self) -> Result<Vec<String>>;
+
+    // --- gateways ---------------------------------------------------------------------------
+    async fn upsert_gateway_seen(&self, seen: &GatewaySeen) -> Result<()>;
+    /// Gateways seen at or after `active_since_ms`, ordered by node id.
+    async fn list_gateways(&self, active_since_ms: i64) -> Result<Vec<GatewayRecord>>;
+    /// Forgets gateways not seen since `seen_before_ms`; returns how many.
+    async fn prune_gateways(&self, seen_before_ms: i64) -> Result<u64>;
 }
 
 /// Milliseconds since the epoch, from the system clock.

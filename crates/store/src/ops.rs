@@ -2,23 +2,28 @@
 //! transactions. Every mutation validates first, then writes its rows, its audit event and
 //! (for accounts, keys and the policy) its change-log entry, the latter last.
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::LazyLock;
 
 use poolgate_core::authjson::ImportedCodexAuth;
 use poolgate_core::page::{self, Cursor, PageRequest};
+use poolgate_core::report::{Observation, ObservationKind};
+use poolgate_core::snapshot::AccountState;
+use poolgate_core::usage::WEEKLY_THRESHOLD_MINUTES;
 use poolgate_core::{
     Account, AccountPatch, AccountSpec, AccountStatus, AdminToken, AuditEvent, AzureConfig,
     CodexIdentity, Credentials, KeyPatch, KeySpec, LogFilter, LogSummary, ManagedBy, PlatformKey,
-    Provider, RequestLog, RoutingPolicy, SummaryRow, UsageSnapshot,
+    Provider, RequestLog, RoutingPolicy, StatusReason, SummaryRow, UsageSnapshot, UsageWindow,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::sql::{Row, Tx, Val, Where};
 use crate::{
-    AccountFilter, Change, Cipher, ImportOutcome, Page, ResourceKind, Result, StoreError, listing,
-    new_id, now_ms,
+    AccountFilter, Change, Cipher, FullState, GatewayEvent, GatewayRecord, GatewaySeen,
+    ImportOutcome, ObservationOutcome, Page, ResourceKind, Result, StoreError, listing, new_id,
+    now_ms,
 };
 
 /// The change-log id of the single routing policy.
@@ -488,6 +493,12 @@ async fn put_credentials<T: Tx>(
         ],
     )
     .await?;
+    // New credentials answer a pending refresh request.
+    tx.exec(
+        "UPDATE accounts SET needs_refresh = $2 WHERE id = $1 AND needs_refresh = $3",
+        &[id.into(), false.into(), true.into()],
+    )
+    .await?;
     Ok(())
 }
 
@@ -725,10 +736,7 @@ pub(crate) async fn get_credentials<T: Tx>(
     if row.0.first() == Some(&Val::Null) {
         return Ok(None);
     }
-    let plain = cipher.open(id, &row.bytes(0)?)?;
-    serde_json::from_slice(&plain)
-        .map(Some)
-        .map_err(|e| StoreError::Crypto(format!("decrypted credentials are not readable: {e}")))
+    open_credentials(cipher, id, &row.bytes(0)?).map(Some)
 }
 
 /// One auth.json item (see `Store::import_codex`): updates the login's account, or creates one.
@@ -1432,6 +1440,611 @@ pub(crate) async fn set_policy<T: Tx>(tx: &T, policy: &RoutingPolicy, actor: &st
     audit(tx, actor, "policy.set", "policy", POLICY_ID, &detail).await?;
     record_change(tx, ResourceKind::Policy, POLICY_ID, false).await?;
     Ok(())
+}
+
+// --- snapshot support ------------------------------------------------------------------------
+
+/// Ids per statement when loading by id. Short chunks repeat their ids, so every statement has
+/// one shape and the per-connection statement caches stay small.
+const LOAD_CHUNK: usize = 500;
+
+/// An account's columns, then its sealed credentials, usage and cooldown (26, 27, 28).
+fn state_select(filter: &str) -> String {
+    format!(
+        "SELECT {ACCOUNT_READ_COLS}, cr.sealed, us.snapshot, a.cooldown_until_ms FROM accounts a \
+         LEFT JOIN credentials cr ON cr.account_id = a.id \
+         LEFT JOIN usage us ON us.account_id = a.id{filter} ORDER BY a.id"
+    )
+}
+
+static LOAD_STATES: LazyLock<String> =
+    LazyLock::new(|| state_select(&format!(" WHERE a.id IN ({})", placeholders(LOAD_CHUNK))));
+static ALL_STATES: LazyLock<String> = LazyLock::new(|| state_select(""));
+static LOAD_KEYS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {KEY_COLS} FROM platform_keys WHERE id IN ({}) ORDER BY id",
+        placeholders(LOAD_CHUNK)
+    )
+});
+
+fn open_credentials(cipher: &Cipher, id: &str, sealed: &[u8]) -> Result<Credentials> {
+    let plain = cipher.open(id, sealed)?;
+    serde_json::from_slice(&plain)
+        .map_err(|e| StoreError::Crypto(format!("decrypted credentials are not readable: {e}")))
+}
+
+fn state_from_row(cipher: &Cipher, r: &Row) -> Result<AccountState> {
+    let account = account_from_row(r)?;
+    let credentials = r
+        .opt_bytes(26)?
+        .map(|sealed| open_credentials(cipher, &account.id, &sealed))
+        .transpose()?;
+    let usage = r.opt_text(27)?.map(|s| from_json(&s)).transpose()?;
+    Ok(AccountState {
+        account,
+        credentials,
+        usage,
+        cooldown_until_ms: r.opt_i64(28)?,
+    })
+}
+
+/// Sorted, without duplicates.
+fn distinct(ids: &[String]) -> Vec<String> {
+    let mut v = ids.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+async fn query_by_ids<T: Tx>(tx: &T, sql: &str, ids: &[String]) -> Result<Vec<Row>> {
+    let mut out = Vec::new();
+    for chunk in distinct(ids).chunks(LOAD_CHUNK) {
+        let params: Vec<Val> = chunk
+            .iter()
+            .cycle()
+            .take(LOAD_CHUNK)
+            .map(Val::from)
+            .collect();
+        out.extend(tx.query(sql, &params).await?);
+    }
+    Ok(out)
+}
+
+pub(crate) async fn load_account_states<T: Tx>(
+    tx: &T,
+    cipher: &Cipher,
+    ids: &[String],
+) -> Result<Vec<AccountState>> {
+    query_by_ids(tx, &LOAD_STATES, ids)
+        .await?
+        .iter()
+        .map(|r| state_from_row(cipher, r))
+        .collect()
+}
+
+pub(crate) async fn load_keys<T: Tx>(tx: &T, ids: &[String]) -> Result<Vec<PlatformKey>> {
+    query_by_ids(tx, &LOAD_KEYS, ids)
+        .await?
+        .iter()
+        .map(key_from_row)
+        .collect()
+}
+
+pub(crate) async fn load_all_states<T: Tx>(tx: &T, cipher: &Cipher) -> Result<FullState> {
+    let version = current_version(tx).await?;
+    let accounts = tx
+        .query(&ALL_STATES, &[])
+        .await?
+        .iter()
+        .map(|r| state_from_row(cipher, r))
+        .collect::<Result<Vec<_>>>()?;
+    let keys = tx
+        .query(
+            &format!("SELECT {KEY_COLS} FROM platform_keys ORDER BY id"),
+            &[],
+        )
+        .await?
+        .iter()
+        .map(key_from_row)
+        .collect::<Result<Vec<_>>>()?;
+    let policy = get_policy(tx).await?;
+    Ok(FullState {
+        version,
+        accounts,
+        keys,
+        policy,
+    })
+}
+
+pub(crate) async fn oldest_change_version<T: Tx>(tx: &T) -> Result<i64> {
+    first_row(
+        tx.query("SELECT COALESCE(MIN(version), 0) FROM changes", &[])
+            .await?,
+    )?
+    .i64(0)
+}
+
+/// Deletes up to [`PRUNE_CHUNK`] of the oldest changes (see `Store::prune_changes`); returns
+/// how many. Runs under the change-log lock, so no writer holds an uncommitted version below
+/// the cut, which would otherwise survive as an island above a hole.
+pub(crate) async fn prune_changes_chunk<T: Tx>(
+    tx: &T,
+    older_than_ms: i64,
+    keep_last: u64,
+) -> Result<u64> {
+    tx.lock_change_log().await?;
+    let keep = i64::try_from(keep_last.max(1)).unwrap_or(i64::MAX);
+    let by_count = current_version(tx).await?.saturating_sub(keep);
+    let by_age = first_row(
+        tx.query(
+            "SELECT COALESCE(MAX(version), 0) FROM changes WHERE ts_ms < $1",
+            &[older_than_ms.into()],
+        )
+        .await?,
+    )?
+    .i64(0)?;
+    // Everything up to one version goes: always a prefix of the log.
+    let through = by_count.min(by_age);
+    if through <= 0 {
+        return Ok(0);
+    }
+    tx.exec(
+        "DELETE FROM changes WHERE version IN \
+         (SELECT version FROM changes WHERE version <= $1 ORDER BY version LIMIT $2)",
+        &[through.into(), PRUNE_CHUNK.into()],
+    )
+    .await
+}
+
+// --- gateway observations --------------------------------------------------------------------
+
+/// Observed cooldowns further out are clamped: no quota window is longer than a week.
+const MAX_COOLDOWN_MS: i64 = 8 * 86_400_000;
+/// Usage moves smaller than this many percentage points are not worth a write and a delta.
+const USAGE_EPSILON: f64 = 0.5;
+/// Reset times computed from "resets in N seconds" headers jitter by a second or two.
+const RESET_TOLERANCE_MS: i64 = 60_000;
+/// Longest account id worth looking up.
+const MAX_ACCOUNT_ID: usize = 256;
+
+/// The part of an account that observations change.
+#[derive(Debug, Clone, PartialEq)]
+struct Shared {
+    status: AccountStatus,
+    status_reason: Option<StatusReason>,
+    cooldown_until_ms: Option<i64>,
+    cooldown_reason: Option<String>,
+    needs_refresh: bool,
+    usage: Option<UsageSnapshot>,
+}
+
+struct Fold {
+    id: String,
+    before: Shared,
+    after: Shared,
+    sealed: Option<Vec<u8>>,
+    /// Whether the credentials hold a refresh token; read on the first 401.
+    refreshable: Option<bool>,
+    /// Secret-free details of the observations that changed the status, for the audit event.
+    status_detail: String,
+}
+
+impl Fold {
+    fn refreshable(&mut self, cipher: &Cipher) -> Result<bool> {
+        if let Some(r) = self.refreshable {
+            return Ok(r);
+        }
+        let r = match &self.sealed {
+            Some(sealed) => matches!(
+                open_credentials(cipher, &self.id, sealed)?,
+                Credentials::OAuth(t) if !t.refresh_token.is_empty()
+            ),
+            None => false,
+        };
+        self.refreshable = Some(r);
+        Ok(r)
+    }
+
+    fn make_unavailable(&mut self, reason: StatusReason, detail: &str) {
+        let s = &mut self.after;
+        if s.status != AccountStatus::Unavailable || s.status_reason != Some(reason) {
+            s.status = AccountStatus::Unavailable;
+            s.status_reason = Some(reason);
+            self.status_detail = detail.to_string();
+        }
+    }
+}
+
+/// Extends the cooldown to `until_ms` (clamped) when that is later; returns the clamped time,
+/// or `None` when it is already past.
+fn extend_cooldown(s: &mut Shared, until_ms: i64, reason: &str, now: i64) -> Option<i64> {
+    let until = until_ms.min(now.saturating_add(MAX_COOLDOWN_MS));
+    if until <= now {
+        return None;
+    }
+    if s.cooldown_until_ms.is_none_or(|c| until > c) {
+        s.cooldown_until_ms = Some(until);
+        s.cooldown_reason = Some(reason.to_string());
+    }
+    Some(until)
+}
+
+/// A window as a gateway reported it, or `None` when it is not a number we can store.
+fn sane_window(w: &UsageWindow) -> Option<UsageWindow> {
+    w.used_percent.is_finite().then(|| UsageWindow {
+        used_percent: w.used_percent.clamp(0.0, 1000.0),
+        window_minutes: w.window_minutes.min(366 * 24 * 60),
+        resets_at_ms: w.resets_at_ms.filter(|r| *r > 0),
+    })
+}
+
+/// Whether `new` says something `old` does not: a move of half a point or more, another
+/// window length, a different reset, or crossing into or out of exhaustion.
+fn window_moved(old: Option<&UsageWindow>, new: &UsageWindow) -> bool {
+    let Some(old) = old else {
+        return true;
+    };
+    let reset_moved = match (old.resets_at_ms, new.resets_at_ms) {
+        (Some(a), Some(b)) => (a - b).abs() > RESET_TOLERANCE_MS,
+        (a, b) => a.is_some() != b.is_some(),
+    };
+    (old.used_percent - new.used_percent).abs() >= USAGE_EPSILON
+        || old.window_minutes != new.window_minutes
+        || reset_moved
+        || old.exhausted() != new.exhausted()
+}
+
+fn empty_usage(ts: i64) -> UsageSnapshot {
+    UsageSnapshot {
+        primary: None,
+        secondary: None,
+        extra: Vec::new(),
+        captured_at_ms: ts,
+    }
+}
+
+fn fold_usage(
+    usage: &mut Option<UsageSnapshot>,
+    primary: Option<&UsageWindow>,
+    secondary: Option<&UsageWindow>,
+    ts: i64,
+) {
+    let (primary, secondary) = (
+        primary.and_then(sane_window),
+        secondary.and_then(sane_window),
+    );
+    if primary.is_none() && secondary.is_none() {
+        return;
+    }
+    // Reports from several gateways arrive out of order: an older reading never wins.
+    if usage.as_ref().is_some_and(|u| ts < u.captured_at_ms) {
+        return;
+    }
+    let u = usage.get_or_insert_with(|| empty_usage(ts));
+    let mut moved = false;
+    for (slot, new) in [(&mut u.primary, primary), (&mut u.secondary, secondary)] {
+        if let Some(new) = new
+            && window_moved(slot.as_ref(), &new)
+        {
+            *slot = Some(new);
+            moved = true;
+        }
+    }
+    if moved {
+        u.captured_at_ms = u.captured_at_ms.max(ts);
+    }
+}
+
+/// Marks the window that ran out (the one resetting at `until`, else one of the same length
+/// class, else a free slot) as full until `until`.
+fn fold_exhausted(usage: &mut Option<UsageSnapshot>, until: i64, ts: i64) {
+    let weekly = until.saturating_sub(ts) > i64::from(WEEKLY_THRESHOLD_MINUTES) * 60_000;
+    let u = usage.get_or_insert_with(|| empty_usage(ts));
+    let resets_near = |w: &Option<UsageWindow>| {
+        w.as_ref()
+            .and_then(|w| w.resets_at_ms)
+            .is_some_and(|r| (r - until).abs() <= 5 * 60_000)
+    };
+    let same_class = |w: &Option<UsageWindow>| w.as_ref().is_some_and(|w| w.is_weekly() == weekly);
+    let use_primary = if resets_near(&u.primary) {
+        true
+    } else if resets_near(&u.secondary) {
+        false
+    } else if same_class(&u.primary) {
+        true
+    } else if same_class(&u.secondary) {
+        false
+    } else {
+        u.primary.is_none() || u.secondary.is_some()
+    };
+    let slot = if use_primary {
+        &mut u.primary
+    } else {
+        &mut u.secondary
+    };
+    let full = UsageWindow {
+        used_percent: slot.as_ref().map_or(100.0, |w| w.used_percent.max(100.0)),
+        window_minutes: slot
+            .as_ref()
+            .map_or(if weekly { 7 * 24 * 60 } else { 5 * 60 }, |w| {
+                w.window_minutes
+            }),
+        resets_at_ms: Some(until),
+    };
+    if slot.as_ref() != Some(&full) {
+        *slot = Some(full);
+        u.captured_at_ms = u.captured_at_ms.max(ts);
+    }
+}
+
+fn fold_one(f: &mut Fold, o: &Observation, cipher: &Cipher, now: i64) -> Result<()> {
+    match &o.kind {
+        ObservationKind::RateLimited { until_ms } => {
+            extend_cooldown(&mut f.after, *until_ms, "rate_limited", now);
+        }
+        ObservationKind::QuotaExhausted { until_ms } => {
+            if let Some(until) = extend_cooldown(&mut f.after, *until_ms, "quota_exhausted", now) {
+                fold_exhausted(&mut f.after.usage, until, o.ts_ms.min(now));
+            }
+        }
+        ObservationKind::AuthFailed => {
+            if f.refreshable(cipher)? {
+                f.after.needs_refresh = true;
+            } else {
+                f.make_unavailable(StatusReason::AuthInvalid, &o.detail);
+            }
+        }
+        ObservationKind::Deactivated => f.make_unavailable(StatusReason::Deactivated, &o.detail),
+        ObservationKind::Usage { primary, secondary } => fold_usage(
+            &mut f.after.usage,
+            primary.as_ref(),
+            secondary.as_ref(),
+            o.ts_ms.min(now),
+        ),
+    }
+    Ok(())
+}
+
+static LOAD_SHARED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT a.id, a.status, a.status_reason, a.cooldown_until_ms, a.cooldown_reason, \
+         a.needs_refresh, us.snapshot, cr.sealed FROM accounts a \
+         LEFT JOIN usage us ON us.account_id = a.id \
+         LEFT JOIN credentials cr ON cr.account_id = a.id WHERE a.id IN ({})",
+        placeholders(LOAD_CHUNK)
+    )
+});
+
+fn fold_from_row(r: &Row) -> Result<Fold> {
+    let shared = Shared {
+        status: parse_col(&r.text(1)?)?,
+        status_reason: opt_col(r.opt_text(2)?)?,
+        cooldown_until_ms: r.opt_i64(3)?,
+        cooldown_reason: r.opt_text(4)?,
+        needs_refresh: r.bool(5)?,
+        usage: r.opt_text(6)?.map(|s| from_json(&s)).transpose()?,
+    };
+    Ok(Fold {
+        id: r.text(0)?,
+        before: shared.clone(),
+        after: shared,
+        sealed: r.opt_bytes(7)?,
+        refreshable: None,
+        status_detail: String::new(),
+    })
+}
+
+/// Writes what changed for one account; returns whether gateways must learn about it.
+async fn write_fold<T: Tx>(tx: &T, f: &Fold, actor: &str, now: i64) -> Result<bool> {
+    let (b, a) = (&f.before, &f.after);
+    if (&b.cooldown_until_ms, &b.cooldown_reason) != (&a.cooldown_until_ms, &a.cooldown_reason) {
+        tx.exec(
+            "UPDATE accounts SET cooldown_until_ms = $2, cooldown_reason = $3 WHERE id = $1",
+            &[
+                f.id.as_str().into(),
+                a.cooldown_until_ms.into(),
+                a.cooldown_reason.clone().into(),
+            ],
+        )
+        .await?;
+    }
+    if b.needs_refresh != a.needs_refresh {
+        tx.exec(
+            "UPDATE accounts SET needs_refresh = $2 WHERE id = $1",
+            &[f.id.as_str().into(), a.needs_refresh.into()],
+        )
+        .await?;
+    }
+    let status_changed = (b.status, b.status_reason) != (a.status, a.status_reason);
+    if status_changed {
+        tx.exec(
+            "UPDATE accounts SET status = $2, status_reason = $3, updated_at_ms = $4 WHERE id = $1",
+            &[
+                f.id.as_str().into(),
+                a.status.as_str().into(),
+                a.status_reason.map(|r| r.as_str()).into(),
+                now.into(),
+            ],
+        )
+        .await?;
+        let reason = a.status_reason.map(|r| r.as_str()).unwrap_or("-");
+        let detail = if f.status_detail.is_empty() {
+            format!("status {} ({reason}) as a gateway observed", a.status)
+        } else {
+            format!(
+                "status {} ({reason}) as a gateway observed: {}",
+                a.status, f.status_detail
+            )
+        };
+        audit(tx, actor, "account.observed", "account", &f.id, &detail).await?;
+    }
+    if b.usage != a.usage
+        && let Some(u) = &a.usage
+    {
+        tx.exec(
+            "INSERT INTO usage (account_id, snapshot, updated_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (account_id) DO UPDATE SET snapshot = excluded.snapshot, \
+             updated_at_ms = excluded.updated_at_ms",
+            &[f.id.as_str().into(), to_json(u)?.into(), now.into()],
+        )
+        .await?;
+    }
+    Ok(status_changed || b.cooldown_until_ms != a.cooldown_until_ms || b.usage != a.usage)
+}
+
+pub(crate) async fn record_observations<T: Tx>(
+    tx: &T,
+    cipher: &Cipher,
+    observations: &[Observation],
+    actor: &str,
+) -> Result<ObservationOutcome> {
+    let mut out = ObservationOutcome::default();
+    let usable = |o: &Observation| {
+        !o.account_id.is_empty()
+            && o.account_id.len() <= MAX_ACCOUNT_ID
+            && !o.account_id.contains('\0')
+    };
+    let ids: Vec<String> = observations
+        .iter()
+        .filter(|o| usable(o))
+        .map(|o| o.account_id.clone())
+        .collect();
+    if ids.is_empty() {
+        out.unknown = observations.len() as u64;
+        return Ok(out);
+    }
+    tx.lock_observations().await?;
+    let mut folds: BTreeMap<String, Fold> = BTreeMap::new();
+    for r in query_by_ids(tx, &LOAD_SHARED, &ids).await? {
+        let f = fold_from_row(&r)?;
+        folds.insert(f.id.clone(), f);
+    }
+    // Each account's observations in time order (stable: equal times keep their order).
+    let mut ordered: Vec<&Observation> = observations.iter().collect();
+    ordered.sort_by_key(|o| o.ts_ms);
+    let now = now_ms();
+    for o in ordered {
+        match folds.get_mut(&o.account_id) {
+            Some(f) => fold_one(f, o, cipher, now)?,
+            None => out.unknown += 1,
+        }
+    }
+    for f in folds.values() {
+        if f.after.needs_refresh && !f.before.needs_refresh {
+            out.refresh_requested += 1;
+        }
+        if write_fold(tx, f, actor, now).await? {
+            out.changed_accounts.push(f.id.clone());
+        }
+    }
+    // Change-log rows last: they take the lock that orders versions until commit.
+    for id in &out.changed_accounts {
+        record_change(tx, ResourceKind::Account, id, false).await?;
+    }
+    Ok(out)
+}
+
+pub(crate) async fn accounts_needing_refresh<T: Tx>(tx: &T) -> Result<Vec<String>> {
+    tx.query(
+        "SELECT id FROM accounts WHERE needs_refresh = $1 ORDER BY id",
+        &[true.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| r.text(0))
+    .collect()
+}
+
+// --- gateways --------------------------------------------------------------------------------
+
+const GATEWAY_COLS: &str =
+    "node_id, control_node, applied_version, connected_at_ms, last_report_at_ms, last_seen_at_ms";
+
+/// Node names are pod or host names.
+fn check_node(field: &'static str, v: &str) -> Result<()> {
+    if v.is_empty() || v.len() > 253 || v.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(
+            field,
+            "must be 1 to 253 bytes without spaces or control characters",
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) async fn upsert_gateway_seen<T: Tx>(tx: &T, seen: &GatewaySeen) -> Result<()> {
+    check_node("node_id", &seen.node_id)?;
+    check_node("control_node", &seen.control_node)?;
+    if seen.applied_version < 0 {
+        return Err(invalid("applied_version", "must not be negative"));
+    }
+    let at = seen.at_ms;
+    let (connected, reported, update) = match seen.event {
+        GatewayEvent::Connected => (
+            at,
+            0,
+            ", applied_version = excluded.applied_version, \
+             connected_at_ms = excluded.connected_at_ms",
+        ),
+        GatewayEvent::Reported => (
+            0,
+            at,
+            ", applied_version = excluded.applied_version, \
+             last_report_at_ms = excluded.last_report_at_ms",
+        ),
+        GatewayEvent::Heartbeat => (0, 0, ""),
+    };
+    let sql = format!(
+        "INSERT INTO gateways ({GATEWAY_COLS}) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (node_id) DO UPDATE SET control_node = excluded.control_node, \
+         last_seen_at_ms = excluded.last_seen_at_ms{update}"
+    );
+    tx.exec(
+        &sql,
+        &[
+            seen.node_id.as_str().into(),
+            seen.control_node.as_str().into(),
+            seen.applied_version.into(),
+            connected.into(),
+            reported.into(),
+            at.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn list_gateways<T: Tx>(
+    tx: &T,
+    active_since_ms: i64,
+) -> Result<Vec<GatewayRecord>> {
+    let positive = |v: i64| (v > 0).then_some(v);
+    tx.query(
+        &format!(
+            "SELECT {GATEWAY_COLS} FROM gateways WHERE last_seen_at_ms >= $1 ORDER BY node_id"
+        ),
+        &[active_since_ms.into()],
+    )
+    .await?
+    .iter()
+    .map(|r| {
+        Ok(GatewayRecord {
+            node_id: r.text(0)?,
+            control_node: r.text(1)?,
+            applied_version: r.i64(2)?,
+            connected_at_ms: positive(r.i64(3)?),
+            last_report_at_ms: positive(r.i64(4)?),
+            last_seen_at_ms: r.i64(5)?,
+        })
+    })
+    .collect()
+}
+
+pub(crate) async fn prune_gateways<T: Tx>(tx: &T, seen_before_ms: i64) -> Result<u64> {
+    tx.exec(
+        "DELETE FROM gateways WHERE last_seen_at_ms < $1",
+        &[seen_before_ms.into()],
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -5,27 +5,33 @@
 //! skipped row by row without giving up COPY's speed.
 
 use std::pin::pin;
-use std::sync::LazyLock;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::BytesMut;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures::StreamExt;
 use poolgate_core::authjson::ImportedCodexAuth;
 use poolgate_core::page::PageRequest;
+use poolgate_core::report::Observation;
+use poolgate_core::snapshot::AccountState;
 use poolgate_core::{
     Account, AccountPatch, AccountSpec, AdminToken, AuditEvent, CodexIdentity, Credentials,
     KeyPatch, LogFilter, LogSummary, ManagedBy, PlatformKey, RequestLog, RoutingPolicy,
     UsageSnapshot,
 };
-use tokio_postgres::NoTls;
+use tokio::sync::watch;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls};
 
 use crate::sql::{Row, Tx, Val};
 use crate::{
-    AccountFilter, Change, Cipher, ImportOutcome, Page, Result, Store, StoreError, migrate, ops,
+    AccountFilter, Change, Cipher, FullState, GatewayRecord, GatewaySeen, ImportOutcome,
+    ObservationOutcome, Page, Result, Store, StoreError, migrate, ops,
 };
 
 /// `NOTIFY` channel that carries each new change-log version, so other control-plane replicas
@@ -38,6 +44,11 @@ pub const POOL_SIZE: usize = 16;
 // Advisory lock keys: the ASCII of a short name, so they are recognisable in pg_locks.
 const MIGRATION_LOCK: i64 = i64::from_be_bytes(*b"pg_migra");
 const CHANGE_LOG_LOCK: i64 = i64::from_be_bytes(*b"pg_chlog");
+const OBSERVATION_LOCK: i64 = i64::from_be_bytes(*b"pg_obsrv");
+
+/// How long the change listener waits before reconnecting, at first and at most.
+const LISTEN_RETRY_MIN: Duration = Duration::from_millis(200);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(10);
 
 type BoxError = Box<dyn std::error::Error + Sync + Send>;
 
@@ -121,7 +132,24 @@ fn pg_row(r: &tokio_postgres::Row) -> Result<Row> {
 }
 
 /// A pooled connection or one of its transactions, seen through the shared [`Tx`] interface.
-struct PgConn<'a, C: GenericClient>(&'a C);
+/// Remembers the newest change-log version it wrote, to announce it after commit.
+struct PgConn<'a, C: GenericClient> {
+    client: &'a C,
+    last_change: AtomicI64,
+}
+
+impl<'a, C: GenericClient> PgConn<'a, C> {
+    fn new(client: &'a C) -> Self {
+        PgConn {
+            client,
+            last_change: AtomicI64::new(0),
+        }
+    }
+
+    fn last_change(&self) -> i64 {
+        self.last_change.load(Ordering::Relaxed)
+    }
+}
 
 fn refs(params: &[Val]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
@@ -129,18 +157,25 @@ fn refs(params: &[Val]) -> Vec<&(dyn ToSql + Sync)> {
 
 impl<C: GenericClient> Tx for PgConn<'_, C> {
     async fn exec(&self, sql: &str, params: &[Val]) -> Result<u64> {
-        let st = self.0.prepare_cached(sql).await.map_err(map_err)?;
-        self.0.execute(&st, &refs(params)).await.map_err(map_err)
+        let st = self.client.prepare_cached(sql).await.map_err(map_err)?;
+        self.client
+            .execute(&st, &refs(params))
+            .await
+            .map_err(map_err)
     }
 
     async fn query(&self, sql: &str, params: &[Val]) -> Result<Vec<Row>> {
-        let st = self.0.prepare_cached(sql).await.map_err(map_err)?;
-        let rows = self.0.query(&st, &refs(params)).await.map_err(map_err)?;
+        let st = self.client.prepare_cached(sql).await.map_err(map_err)?;
+        let rows = self
+            .client
+            .query(&st, &refs(params))
+            .await
+            .map_err(map_err)?;
         rows.iter().map(pg_row).collect()
     }
 
     async fn batch(&self, sql: &str) -> Result<()> {
-        self.0.batch_execute(sql).await.map_err(map_err)
+        self.client.batch_execute(sql).await.map_err(map_err)
     }
 
     async fn lock_migrations(&self) -> Result<()> {
@@ -158,7 +193,17 @@ impl<C: GenericClient> Tx for PgConn<'_, C> {
         .map(drop)
     }
 
+    async fn lock_observations(&self) -> Result<()> {
+        self.exec(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[OBSERVATION_LOCK.into()],
+        )
+        .await
+        .map(drop)
+    }
+
     async fn changed(&self, version: i64) -> Result<()> {
+        self.last_change.fetch_max(version, Ordering::Relaxed);
         // Delivered at commit, and only if the transaction commits.
         self.exec(
             "SELECT pg_notify($1, $2)",
@@ -224,11 +269,14 @@ async fn copy_logs(
     writer.as_mut().finish().await
 }
 
-/// The PostgreSQL store. Cloning shares the pool.
+/// The PostgreSQL store. Cloning shares the pool and the local change feed.
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
     cipher: Cipher,
+    /// For the dedicated `LISTEN` connections of [`Store::remote_changes`].
+    config: tokio_postgres::Config,
+    local: Arc<watch::Sender<i64>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -266,13 +314,16 @@ macro_rules! write_tx {
     ($self:ident, |$tx:ident| $body:expr) => {{
         let mut client = $self.pool.get().await?;
         let t = client.transaction().await.map_err(map_err)?;
+        let conn = PgConn::new(&t);
         let r = {
-            let $tx = &PgConn(&t);
+            let $tx = &conn;
             $body
         };
+        let version = conn.last_change();
         match r {
             Ok(v) => {
                 t.commit().await.map_err(map_err)?;
+                $self.announce(version);
                 Ok(v)
             }
             Err(e) => {
@@ -289,7 +340,7 @@ macro_rules! write_tx {
 macro_rules! read {
     ($self:ident, |$tx:ident| $body:expr) => {{
         let client = $self.pool.get().await?;
-        let $tx = &PgConn(&client);
+        let $tx = &PgConn::new(&client);
         $body
     }};
 }
@@ -303,7 +354,7 @@ impl PgStore {
             .map_err(|e| StoreError::Database(format!("invalid PostgreSQL URL: {e}")))?;
         let target = describe(&cfg);
         let mgr = Manager::from_config(
-            cfg,
+            cfg.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -320,10 +371,106 @@ impl PgStore {
             StoreError::Unavailable(format!("cannot connect to PostgreSQL at {target}: {e}"))
         })?;
         let t = client.transaction().await.map_err(map_err)?;
-        let applied = migrate::run(&PgConn(&t), migrate::POSTGRES).await?;
+        let applied = migrate::run(&PgConn::new(&t), migrate::POSTGRES).await?;
         t.commit().await.map_err(map_err)?;
         tracing::debug!(%target, applied, "PostgreSQL store ready");
-        Ok(PgStore { pool, cipher })
+        Ok(PgStore {
+            pool,
+            cipher,
+            config: cfg,
+            local: Arc::new(watch::channel(0).0),
+        })
+    }
+
+    /// Tells local followers that `version` committed (0: nothing was logged).
+    fn announce(&self, version: i64) {
+        if version > 0 {
+            self.local.send_if_modified(|v| {
+                let newer = version > *v;
+                if newer {
+                    *v = version;
+                }
+                newer
+            });
+        }
+    }
+}
+
+/// Follows `NOTIFY poolgate_changes` on its own connection until `tx` has no receiver,
+/// reconnecting with backoff. After each (re)connect it signals a change: notifications sent
+/// while it was away are lost, so followers must look at the log.
+async fn listen_changes(mut config: tokio_postgres::Config, tx: watch::Sender<i64>) {
+    // A half-open connection would otherwise go unnoticed for hours.
+    config
+        .connect_timeout(Duration::from_secs(10))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(3);
+    let target = describe(&config);
+    let mut backoff = LISTEN_RETRY_MIN;
+    loop {
+        let outcome = tokio::select! {
+            r = listen_once(&config, &tx, &mut backoff) => r,
+            _ = tx.closed() => return,
+        };
+        match outcome {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(
+                    %target,
+                    error = %e,
+                    retry_in = ?backoff,
+                    "change listener lost its connection; reconnecting"
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = tx.closed() => return,
+        }
+        backoff = (backoff * 2).min(LISTEN_RETRY_MAX);
+    }
+}
+
+/// One connection's worth of [`listen_changes`]; `Ok` when the feed is no longer wanted.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    tx: &watch::Sender<i64>,
+    backoff: &mut Duration,
+) -> std::result::Result<(), String> {
+    let (client, mut conn) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+    let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+    let statement = format!("LISTEN {CHANGE_CHANNEL}");
+    let mut listen = pin!(client.batch_execute(&statement));
+    let mut listening = false;
+    loop {
+        tokio::select! {
+            r = &mut listen, if !listening => {
+                r.map_err(|e| e.to_string())?;
+                listening = true;
+                *backoff = LISTEN_RETRY_MIN;
+                tracing::debug!("listening for changes of other replicas");
+                tx.send_modify(|_| {});
+            }
+            m = messages.next() => match m {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if let Ok(version) = n.payload().parse::<i64>() {
+                        tx.send_if_modified(|v| {
+                            let newer = version > *v;
+                            if newer {
+                                *v = version;
+                            }
+                            newer
+                        });
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e.to_string()),
+                None => return Err("the server closed the connection".into()),
+            },
+            _ = tx.closed() => return Ok(()),
+        }
     }
 }
 
@@ -563,6 +710,100 @@ impl Store for PgStore {
 
     async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<Change>> {
         read!(self, |tx| ops::changes_since(tx, after, limit).await)
+    }
+
+    async fn oldest_change_version(&self) -> Result<i64> {
+        read!(self, |tx| ops::oldest_change_version(tx).await)
+    }
+
+    async fn prune_changes(&self, older_than_ms: i64, keep_last: u64) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n: u64 = write_tx!(self, |tx| ops::prune_changes_chunk(
+                tx,
+                older_than_ms,
+                keep_last
+            )
+            .await)?;
+            total += n;
+            if n < ops::PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn local_changes(&self) -> watch::Receiver<i64> {
+        self.local.subscribe()
+    }
+
+    fn remote_changes(&self) -> Option<watch::Receiver<i64>> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (tx, rx) = watch::channel(0);
+        runtime.spawn(listen_changes(self.config.clone(), tx));
+        Some(rx)
+    }
+
+    async fn load_account_states(&self, ids: &[String]) -> Result<Vec<AccountState>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        read!(self, |tx| ops::load_account_states(tx, &self.cipher, ids)
+            .await)
+    }
+
+    async fn load_keys(&self, ids: &[String]) -> Result<Vec<PlatformKey>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        read!(self, |tx| ops::load_keys(tx, ids).await)
+    }
+
+    async fn load_all_states(&self) -> Result<FullState> {
+        let mut client = self.pool.get().await?;
+        // One consistent view of everything, as of the version it reports.
+        let t = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(map_err)?;
+        let state = ops::load_all_states(&PgConn::new(&t), &self.cipher).await?;
+        t.commit().await.map_err(map_err)?;
+        Ok(state)
+    }
+
+    async fn record_observations(
+        &self,
+        observations: &[Observation],
+        actor: &str,
+    ) -> Result<ObservationOutcome> {
+        if observations.is_empty() {
+            return Ok(ObservationOutcome::default());
+        }
+        write_tx!(self, |tx| ops::record_observations(
+            tx,
+            &self.cipher,
+            observations,
+            actor
+        )
+        .await)
+    }
+
+    async fn accounts_needing_refresh(&self) -> Result<Vec<String>> {
+        read!(self, |tx| ops::accounts_needing_refresh(tx).await)
+    }
+
+    async fn upsert_gateway_seen(&self, seen: &GatewaySeen) -> Result<()> {
+        read!(self, |tx| ops::upsert_gateway_seen(tx, seen).await)
+    }
+
+    async fn list_gateways(&self, active_since_ms: i64) -> Result<Vec<GatewayRecord>> {
+        read!(self, |tx| ops::list_gateways(tx, active_since_ms).await)
+    }
+
+    async fn prune_gateways(&self, seen_before_ms: i64) -> Result<u64> {
+        read!(self, |tx| ops::prune_gateways(tx, seen_before_ms).await)
     }
 }
 

@@ -147,6 +147,14 @@ impl Row {
         }
     }
 
+    pub fn opt_bytes(&self, i: usize) -> Result<Option<Vec<u8>>> {
+        match self.at(i)? {
+            Val::Null => Ok(None),
+            Val::Bytes(b) => Ok(Some(b.clone())),
+            v => Err(bad_column(i, "bytes", v)),
+        }
+    }
+
     pub fn bytes(&self, i: usize) -> Result<Vec<u8>> {
         match self.at(i)? {
             Val::Bytes(b) => Ok(b.clone()),
@@ -168,6 +176,9 @@ pub(crate) trait Tx {
     /// Serialises change-log writers until the transaction ends, so change versions become
     /// visible in the order they were assigned and no reader ever skips one.
     async fn lock_change_log(&self) -> Result<()>;
+    /// Serialises folds of gateway observations until the transaction ends: each reads the
+    /// accounts' shared state and writes it back, which must not interleave.
+    async fn lock_observations(&self) -> Result<()>;
     /// Called after a change-log row was written (PostgreSQL notifies other replicas).
     async fn changed(&self, version: i64) -> Result<()>;
 }

@@ -2,6 +2,7 @@
 //! used from tokio's blocking pool.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -9,6 +10,8 @@ use async_trait::async_trait;
 use futures::executor::block_on;
 use poolgate_core::authjson::ImportedCodexAuth;
 use poolgate_core::page::PageRequest;
+use poolgate_core::report::Observation;
+use poolgate_core::snapshot::AccountState;
 use poolgate_core::{
     Account, AccountPatch, AccountSpec, AdminToken, AuditEvent, CodexIdentity, Credentials,
     KeyPatch, LogFilter, LogSummary, ManagedBy, PlatformKey, RequestLog, RoutingPolicy,
@@ -16,10 +19,12 @@ use poolgate_core::{
 };
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode, TransactionBehavior, params_from_iter};
+use tokio::sync::watch;
 
 use crate::sql::{Row, Tx, Val};
 use crate::{
-    AccountFilter, Change, Cipher, ImportOutcome, Page, Result, Store, StoreError, migrate, ops,
+    AccountFilter, Change, Cipher, FullState, GatewayRecord, GatewaySeen, ImportOutcome,
+    ObservationOutcome, Page, Result, Store, StoreError, migrate, ops,
 };
 
 impl rusqlite::ToSql for Val {
@@ -58,7 +63,14 @@ fn sqlite_sql(sql: &str) -> String {
 
 /// A connection (or open transaction) seen through the shared [`Tx`] interface. Its futures
 /// never wait: each method runs synchronously on the blocking thread that owns the connection.
-struct Conn<'a>(&'a Connection);
+/// Remembers the newest change-log version it wrote, to announce it after commit.
+struct Conn<'a>(&'a Connection, AtomicI64);
+
+impl<'a> Conn<'a> {
+    fn new(c: &'a Connection) -> Self {
+        Conn(c, AtomicI64::new(0))
+    }
+}
 
 impl Tx for Conn<'_> {
     async fn exec(&self, sql: &str, params: &[Val]) -> Result<u64> {
@@ -109,7 +121,12 @@ impl Tx for Conn<'_> {
         Ok(())
     }
 
-    async fn changed(&self, _version: i64) -> Result<()> {
+    async fn lock_observations(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn changed(&self, version: i64) -> Result<()> {
+        self.1.fetch_max(version, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -130,6 +147,7 @@ pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     cipher: Cipher,
     path: PathBuf,
+    local: Arc<watch::Sender<i64>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -159,23 +177,40 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 /// Runs `$body` (which uses `$tx: &Conn`) in a write transaction on the blocking pool; commits
 /// when it returns `Ok`, rolls back otherwise.
 macro_rules! write_tx {
-    ($self:ident, |$tx:ident| $body:expr) => {
+    ($self:ident, |$tx:ident| $body:expr) => {{
+        let local = $self.local.clone();
         $self
             .run(move |conn| {
                 let t = conn
                     .transaction_with_behavior(TransactionBehavior::Immediate)
                     .map_err(map_err)?;
+                let c = Conn::new(&t);
                 let r = {
-                    let $tx = &Conn(&t);
+                    let $tx = &c;
                     block_on(async { $body })
                 };
+                let version = c.1.load(Ordering::Relaxed);
                 if r.is_ok() {
                     t.commit().map_err(map_err)?;
+                    announce(&local, version);
                 }
                 r
             })
             .await
-    };
+    }};
+}
+
+/// Tells local followers that `version` committed (0: nothing was logged).
+fn announce(local: &watch::Sender<i64>, version: i64) {
+    if version > 0 {
+        local.send_if_modified(|v| {
+            let newer = version > *v;
+            if newer {
+                *v = version;
+            }
+            newer
+        });
+    }
 }
 
 /// Runs `$body` against the connection without a write transaction.
@@ -183,7 +218,7 @@ macro_rules! read {
     ($self:ident, |$tx:ident| $body:expr) => {
         $self
             .run(move |conn| {
-                let $tx = &Conn(conn);
+                let $tx = &Conn::new(conn);
                 block_on(async { $body })
             })
             .await
@@ -219,7 +254,7 @@ impl SqliteStore {
             let t = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(map_err)?;
-            let applied = block_on(migrate::run(&Conn(&t), migrate::SQLITE))?;
+            let applied = block_on(migrate::run(&Conn::new(&t), migrate::SQLITE))?;
             t.commit().map_err(map_err)?;
             tracing::debug!(path = %path.display(), applied, "SQLite store ready");
         }
@@ -227,6 +262,7 @@ impl SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             cipher,
             path: path.to_path_buf(),
+            local: Arc::new(watch::channel(0).0),
         })
     }
 
@@ -490,5 +526,92 @@ impl Store for SqliteStore {
 
     async fn changes_since(&self, after: i64, limit: u32) -> Result<Vec<Change>> {
         read!(self, |tx| ops::changes_since(tx, after, limit).await)
+    }
+
+    async fn oldest_change_version(&self) -> Result<i64> {
+        read!(self, |tx| ops::oldest_change_version(tx).await)
+    }
+
+    async fn prune_changes(&self, older_than_ms: i64, keep_last: u64) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let n: u64 = write_tx!(self, |tx| ops::prune_changes_chunk(
+                tx,
+                older_than_ms,
+                keep_last
+            )
+            .await)?;
+            total += n;
+            if n < ops::PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn local_changes(&self) -> watch::Receiver<i64> {
+        self.local.subscribe()
+    }
+
+    /// One process owns the file: every write goes through `local_changes`.
+    fn remote_changes(&self) -> Option<watch::Receiver<i64>> {
+        None
+    }
+
+    async fn load_account_states(&self, ids: &[String]) -> Result<Vec<AccountState>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (cipher, ids) = (self.cipher.clone(), ids.to_vec());
+        read!(self, |tx| ops::load_account_states(tx, &cipher, &ids).await)
+    }
+
+    async fn load_keys(&self, ids: &[String]) -> Result<Vec<PlatformKey>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = ids.to_vec();
+        read!(self, |tx| ops::load_keys(tx, &ids).await)
+    }
+
+    async fn load_all_states(&self) -> Result<FullState> {
+        // The connection lock makes the reads one consistent view.
+        let cipher = self.cipher.clone();
+        read!(self, |tx| ops::load_all_states(tx, &cipher).await)
+    }
+
+    async fn record_observations(
+        &self,
+        observations: &[Observation],
+        actor: &str,
+    ) -> Result<ObservationOutcome> {
+        if observations.is_empty() {
+            return Ok(ObservationOutcome::default());
+        }
+        let (cipher, obs, actor) = (
+            self.cipher.clone(),
+            observations.to_vec(),
+            actor.to_string(),
+        );
+        write_tx!(self, |tx| ops::record_observations(
+            tx, &cipher, &obs, &actor
+        )
+        .await)
+    }
+
+    async fn accounts_needing_refresh(&self) -> Result<Vec<String>> {
+        read!(self, |tx| ops::accounts_needing_refresh(tx).await)
+    }
+
+    async fn upsert_gateway_seen(&self, seen: &GatewaySeen) -> Result<()> {
+        let seen = seen.clone();
+        write_tx!(self, |tx| ops::upsert_gateway_seen(tx, &seen).await)
+    }
+
+    async fn list_gateways(&self, active_since_ms: i64) -> Result<Vec<GatewayRecord>> {
+        read!(self, |tx| ops::list_gateways(tx, active_since_ms).await)
+    }
+
+    async fn prune_gateways(&self, seen_before_ms: i64) -> Result<u64> {
+        write_tx!(self, |tx| ops::prune_gateways(tx, seen_before_ms).await)
     }
 }

@@ -8,13 +8,16 @@ use std::collections::BTreeMap;
 use common::logs::{self, START_MS};
 use common::*;
 use poolgate_core::page::{Cursor, PageRequest};
+use poolgate_core::report::{Observation, ObservationKind};
+use poolgate_core::snapshot::AccountState;
 use poolgate_core::{
     AccountPatch, AccountStatus, AdminRole, AdminToken, Credentials, ErrorClass, KeyPatch,
     KeyStatus, LogFilter, OAuthTokens, Provider, ReasoningEffort, RequestLog, RoutingPolicy,
     Secret, StatusClass, StatusReason, Strategy, SummaryRow, UsageSnapshot, UsageWindow,
 };
 use poolgate_store::{
-    AccountFilter, ImportOutcome, Page, ResourceKind, Store, StoreError, listing,
+    AccountFilter, GatewayEvent, GatewayRecord, GatewaySeen, ImportOutcome, ObservationOutcome,
+    Page, ResourceKind, Store, StoreError, listing, now_ms,
 };
 
 macro_rules! contract {
@@ -59,6 +62,14 @@ contract!(
     reopen_keeps_data_and_migrations_are_idempotent,
     managed_by_handover,
     text_a_database_cannot_hold,
+    cooldowns_fold_to_the_latest,
+    quota_exhaustion_marks_its_window,
+    auth_failures_and_deactivation,
+    usage_observations_are_coalesced,
+    snapshot_loads,
+    change_log_pruning,
+    gateways_seen_and_listed,
+    local_change_feed,
 );
 
 fn not_found(e: StoreError) -> (&'static str, String) {
@@ -1618,7 +1629,7 @@ async fn reopen_keeps_data_and_migrations_are_idempotent(f: &Fixture) {
         );
         assert_eq!(other.get_policy().await.unwrap().p2c_window, 9);
     }
-    assert_eq!(f.count("schema_migrations").await, 1);
+    assert_eq!(f.count("schema_migrations").await, 2);
 }
 
 async fn managed_by_handover(f: &Fixture) {
@@ -1765,7 +1776,7 @@ async fn postgres_replicas_migrate_a_new_database_together() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, 2);
 }
 
 #[tokio::test]
@@ -1842,4 +1853,649 @@ async fn text_a_database_cannot_hold(f: &Fixture) {
     );
     assert_eq!(f.count("accounts").await, 1);
     assert_eq!(all_audit(s).await[0].actor, "t\u{FFFD}actor");
+}
+
+// --- snapshot support ------------------------------------------------------------------------
+
+fn obs(account: &str, ts_ms: i64, kind: ObservationKind) -> Observation {
+    Observation {
+        account_id: account.into(),
+        ts_ms,
+        kind,
+        detail: "seen by test".into(),
+    }
+}
+
+fn window(pct: f64, minutes: u32, resets_at_ms: i64) -> UsageWindow {
+    UsageWindow {
+        used_percent: pct,
+        window_minutes: minutes,
+        resets_at_ms: Some(resets_at_ms),
+    }
+}
+
+async fn state_of(s: &dyn Store, id: &str) -> AccountState {
+    let mut v = s.load_account_states(&[id.to_string()]).await.unwrap();
+    assert_eq!(v.len(), 1);
+    v.remove(0)
+}
+
+/// Records `o` and returns what it did and how many change-log rows it added.
+async fn record(s: &dyn Store, o: Vec<Observation>) -> (ObservationOutcome, usize) {
+    let before = s.current_version().await.unwrap();
+    let out = s.record_observations(&o, "gateway:gw-1").await.unwrap();
+    let rows = s.changes_since(before, 1000).await.unwrap();
+    assert!(
+        rows.iter()
+            .all(|c| c.kind == ResourceKind::Account && !c.deleted)
+    );
+    (out, rows.len())
+}
+
+async fn cooldowns_fold_to_the_latest(f: &Fixture) {
+    let s = &*f.store;
+    let a = s
+        .create_account(openai("a"), Some(api_key("k")), None, "t")
+        .await
+        .unwrap();
+    let now = now_ms();
+    let until = now + 60_000;
+    let (out, rows) = record(
+        s,
+        vec![obs(
+            &a.id,
+            now,
+            ObservationKind::RateLimited { until_ms: until },
+        )],
+    )
+    .await;
+    assert_eq!(out.changed_accounts, vec![a.id.clone()]);
+    assert_eq!(rows, 1);
+    assert_eq!(state_of(s, &a.id).await.cooldown_until_ms, Some(until));
+    let reason_sql = format!("SELECT cooldown_reason FROM accounts WHERE id = '{}'", a.id);
+    assert_eq!(f.text(&reason_sql).await.as_deref(), Some("rate_limited"));
+
+    // An earlier end, one already past, and a repeat change nothing and log nothing.
+    for until_ms in [now + 30_000, now - 1_000, until] {
+        let (out, rows) = record(
+            s,
+            vec![obs(&a.id, now, ObservationKind::RateLimited { until_ms })],
+        )
+        .await;
+        assert!(out.changed_accounts.is_empty(), "{until_ms}");
+        assert_eq!(rows, 0);
+    }
+    assert_eq!(state_of(s, &a.id).await.cooldown_until_ms, Some(until));
+
+    // Several observations of one account in one batch: one change row, the latest end wins,
+    // and an absurd end is clamped to a bit over a week.
+    let far = now + 365 * 86_400_000;
+    let (out, rows) = record(
+        s,
+        vec![
+            obs(
+                &a.id,
+                now,
+                ObservationKind::RateLimited {
+                    until_ms: until + 5,
+                },
+            ),
+            obs(
+                &a.id,
+                now + 1,
+                ObservationKind::RateLimited { until_ms: far },
+            ),
+            obs(
+                &a.id,
+                now + 2,
+                ObservationKind::RateLimited {
+                    until_ms: until + 9,
+                },
+            ),
+        ],
+    )
+    .await;
+    assert_eq!((out.changed_accounts.len(), rows), (1, 1));
+    let c = state_of(s, &a.id).await.cooldown_until_ms.unwrap();
+    assert!(
+        c > now + 7 * 86_400_000 && c <= now_ms() + 8 * 86_400_000,
+        "{c}"
+    );
+
+    // Unknown and unusable account ids are counted, not errors.
+    let (out, rows) = record(
+        s,
+        vec![
+            obs("acc_gone", now, ObservationKind::Deactivated),
+            obs("", now, ObservationKind::Deactivated),
+            obs(&"x".repeat(300), now, ObservationKind::AuthFailed),
+        ],
+    )
+    .await;
+    assert_eq!((out.unknown, out.changed_accounts.len(), rows), (3, 0, 0));
+    assert_eq!(
+        s.record_observations(&[], "g").await.unwrap(),
+        ObservationOutcome::default()
+    );
+}
+
+async fn quota_exhaustion_marks_its_window(f: &Fixture) {
+    let s = &*f.store;
+    let a = s
+        .create_account(openai("a"), Some(api_key("k")), None, "t")
+        .await
+        .unwrap();
+    let now = now_ms();
+    let five_h_reset = now + 3_600_000;
+    let week_reset = now + 3 * 86_400_000;
+    s.set_usage(
+        &a.id,
+        &UsageSnapshot {
+            primary: Some(window(97.0, 300, five_h_reset)),
+            secondary: Some(window(40.0, 10080, week_reset)),
+            extra: vec![],
+            captured_at_ms: now - 10_000,
+        },
+    )
+    .await
+    .unwrap();
+    let (out, rows) = record(
+        s,
+        vec![obs(
+            &a.id,
+            now,
+            ObservationKind::QuotaExhausted {
+                until_ms: five_h_reset + 2_000,
+            },
+        )],
+    )
+    .await;
+    assert_eq!((out.changed_accounts.len(), rows), (1, 1));
+    let st = state_of(s, &a.id).await;
+    assert_eq!(st.cooldown_until_ms, Some(five_h_reset + 2_000));
+    let u = st.usage.unwrap();
+    assert_eq!(u.primary, Some(window(100.0, 300, five_h_reset + 2_000)));
+    assert_eq!(u.secondary, Some(window(40.0, 10080, week_reset)));
+    assert!(u.exhausted_until().is_some());
+    let reason_sql = format!("SELECT cooldown_reason FROM accounts WHERE id = '{}'", a.id);
+    assert_eq!(
+        f.text(&reason_sql).await.as_deref(),
+        Some("quota_exhausted")
+    );
+
+    // Without usage, the window is created, its length guessed from the reset distance.
+    let b = s
+        .create_account(openai("b"), Some(api_key("k")), None, "t")
+        .await
+        .unwrap();
+    record(
+        s,
+        vec![obs(
+            &b.id,
+            now,
+            ObservationKind::QuotaExhausted {
+                until_ms: week_reset,
+            },
+        )],
+    )
+    .await;
+    let u = state_of(s, &b.id).await.usage.unwrap();
+    assert_eq!(u.primary, Some(window(100.0, 10080, week_reset)));
+    assert_eq!(u.secondary, None);
+    assert_eq!(u.weekly().unwrap().resets_at_ms, Some(week_reset));
+}
+
+async fn auth_failures_and_deactivation(f: &Fixture) {
+    let s = &*f.store;
+    let imported = s
+        .import_codex(
+            vec![codex_login("u1", "w", 0), {
+                let mut l = codex_login("u2", "w", 0);
+                l.tokens.refresh_token = Secret::new("");
+                l
+            }],
+            "default",
+            "t",
+        )
+        .await
+        .unwrap();
+    let ids: Vec<String> = imported
+        .iter()
+        .map(|o| match o {
+            ImportOutcome::Created(a) => a.id.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let (refreshable, access_only) = (&ids[0], &ids[1]);
+    let key_acc = s
+        .create_account(openai("k"), Some(api_key("k")), None, "t")
+        .await
+        .unwrap();
+    let now = now_ms();
+
+    // A refreshable login is marked for the refresh job; gateways see no change.
+    let (out, rows) = record(s, vec![obs(refreshable, now, ObservationKind::AuthFailed)]).await;
+    assert_eq!(out.refresh_requested, 1);
+    assert_eq!((out.changed_accounts.len(), rows), (0, 0));
+    assert_eq!(
+        s.accounts_needing_refresh().await.unwrap(),
+        vec![refreshable.clone()]
+    );
+    assert_eq!(
+        s.get_account(refreshable).await.unwrap().status,
+        AccountStatus::Active
+    );
+    let (out, _) = record(s, vec![obs(refreshable, now, ObservationKind::AuthFailed)]).await;
+    assert_eq!(out.refresh_requested, 0);
+    // New credentials answer the request.
+    s.import_codex(vec![codex_login("u1", "w", 1)], "default", "t")
+        .await
+        .unwrap();
+    assert!(s.accounts_needing_refresh().await.unwrap().is_empty());
+
+    // Without a refresh token (or with an API key) the account is unusable.
+    let (out, rows) = record(
+        s,
+        vec![
+            obs(access_only, now, ObservationKind::AuthFailed),
+            obs(&key_acc.id, now, ObservationKind::AuthFailed),
+        ],
+    )
+    .await;
+    assert_eq!((out.changed_accounts.len(), rows), (2, 2));
+    for id in [access_only, &key_acc.id] {
+        let a = s.get_account(id).await.unwrap();
+        assert_eq!(
+            (a.status, a.status_reason),
+            (AccountStatus::Unavailable, Some(StatusReason::AuthInvalid))
+        );
+    }
+    let (out, rows) = record(s, vec![obs(&key_acc.id, now, ObservationKind::Deactivated)]).await;
+    assert_eq!((out.changed_accounts.len(), rows), (1, 1));
+    assert_eq!(
+        s.get_account(&key_acc.id).await.unwrap().status_reason,
+        Some(StatusReason::Deactivated)
+    );
+    let (out, rows) = record(s, vec![obs(&key_acc.id, now, ObservationKind::Deactivated)]).await;
+    assert_eq!((out.changed_accounts.len(), rows), (0, 0));
+
+    let events = all_audit(s).await;
+    let observed: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "account.observed")
+        .collect();
+    assert_eq!(observed.len(), 3);
+    assert!(observed.iter().all(|e| e.actor == "gateway:gw-1"));
+    assert!(observed.iter().any(|e| e.target_id == key_acc.id
+        && e.detail.contains("deactivated")
+        && e.detail.contains("seen by test")));
+}
+
+async fn usage_observations_are_coalesced(f: &Fixture) {
+    let s = &*f.store;
+    let a = s
+        .create_account(openai("a"), Some(api_key("k")), None, "t")
+        .await
+        .unwrap();
+    let now = now_ms();
+    let reset = now + 3_600_000;
+    let usage = |ts: i64, pct: f64, reset: i64| {
+        obs(
+            &a.id,
+            ts,
+            ObservationKind::Usage {
+                primary: Some(window(pct, 300, reset)),
+                secondary: None,
+            },
+        )
+    };
+    let (out, rows) = record(s, vec![usage(now - 5000, 20.0, reset)]).await;
+    assert_eq!((out.changed_accounts.len(), rows), (1, 1));
+    let u = state_of(s, &a.id).await.usage.unwrap();
+    assert_eq!(u.primary, Some(window(20.0, 300, reset)));
+    assert_eq!(u.captured_at_ms, now - 5000);
+
+    // Small moves and reset jitter are not worth a delta.
+    for o in [
+        usage(now - 4000, 20.3, reset),
+        usage(now - 3000, 19.8, reset + 30_000),
+    ] {
+        let (out, rows) = record(s, vec![o]).await;
+        assert_eq!((out.changed_accounts.len(), rows), (0, 0));
+    }
+    assert_eq!(
+        state_of(s, &a.id).await.usage.unwrap().primary,
+        Some(window(20.0, 300, reset))
+    );
+    // Half a point, a new reset, a second window: each is one delta.
+    let (_, rows) = record(s, vec![usage(now - 2000, 20.5, reset)]).await;
+    assert_eq!(rows, 1);
+    let (_, rows) = record(s, vec![usage(now - 1000, 20.5, reset + 5 * 3_600_000)]).await;
+    assert_eq!(rows, 1);
+    let (_, rows) = record(
+        s,
+        vec![obs(
+            &a.id,
+            now,
+            ObservationKind::Usage {
+                primary: None,
+                secondary: Some(window(3.0, 10080, now + 86_400_000)),
+            },
+        )],
+    )
+    .await;
+    assert_eq!(rows, 1);
+    let u = state_of(s, &a.id).await.usage.unwrap();
+    assert_eq!(u.primary, Some(window(20.5, 300, reset + 5 * 3_600_000)));
+    assert_eq!(u.secondary, Some(window(3.0, 10080, now + 86_400_000)));
+    assert_eq!(u.captured_at_ms, now);
+
+    // An older reading (another gateway's, delivered late), an empty one and a NaN are ignored.
+    let nan = obs(
+        &a.id,
+        now + 10,
+        ObservationKind::Usage {
+            primary: Some(window(f64::NAN, 300, reset)),
+            secondary: None,
+        },
+    );
+    let empty = obs(
+        &a.id,
+        now + 20,
+        ObservationKind::Usage {
+            primary: None,
+            secondary: None,
+        },
+    );
+    let (out, rows) = record(s, vec![usage(now - 60_000, 90.0, reset), nan, empty]).await;
+    assert_eq!((out.changed_accounts.len(), rows), (0, 0));
+    // Crossing into exhaustion counts even when the move is small.
+    let (_, rows) = record(s, vec![usage(now + 30, 99.8, reset + 5 * 3_600_000)]).await;
+    assert_eq!(rows, 1);
+    let (_, rows) = record(s, vec![usage(now + 40, 100.0, reset + 5 * 3_600_000)]).await;
+    assert_eq!(rows, 1);
+    assert!(
+        state_of(s, &a.id)
+            .await
+            .usage
+            .unwrap()
+            .primary
+            .unwrap()
+            .exhausted()
+    );
+}
+
+async fn snapshot_loads(f: &Fixture) {
+    let s = &*f.store;
+    let a = s
+        .create_account(openai("a"), Some(api_key("sk-a")), None, "t")
+        .await
+        .unwrap();
+    let imported = s
+        .import_codex(vec![codex_login("u", "w", 0)], "default", "t")
+        .await
+        .unwrap();
+    let ImportOutcome::Created(c) = &imported[0] else {
+        panic!("{imported:?}")
+    };
+    s.set_usage(&a.id, &usage(12.0)).await.unwrap();
+    let until = now_ms() + 60_000;
+    s.record_observations(
+        &[obs(
+            &c.id,
+            0,
+            ObservationKind::RateLimited { until_ms: until },
+        )],
+        "g",
+    )
+    .await
+    .unwrap();
+    let k1 = s.create_key(new_key("k1", 1).0, "t").await.unwrap();
+    let k2 = s.create_key(new_key("k2", 2).0, "t").await.unwrap();
+
+    assert!(s.load_account_states(&[]).await.unwrap().is_empty());
+    assert!(s.load_keys(&[]).await.unwrap().is_empty());
+    let got = s
+        .load_account_states(&[
+            c.id.clone(),
+            "acc_missing".into(),
+            a.id.clone(),
+            a.id.clone(),
+        ])
+        .await
+        .unwrap();
+    let mut ids = vec![a.id.clone(), c.id.clone()];
+    ids.sort();
+    assert_eq!(
+        got.iter().map(|x| x.account.id.clone()).collect::<Vec<_>>(),
+        ids
+    );
+    let sa = got.iter().find(|x| x.account.id == a.id).unwrap();
+    assert_eq!(sa.account, s.get_account(&a.id).await.unwrap());
+    assert_eq!(sa.credentials, Some(api_key("sk-a")));
+    assert_eq!(sa.usage, Some(usage(12.0)));
+    assert_eq!(sa.cooldown_until_ms, None);
+    let sc = got.iter().find(|x| x.account.id == c.id).unwrap();
+    assert_eq!(sc.cooldown_until_ms, Some(until));
+    assert_eq!(sc.usage, None);
+    assert_eq!(
+        sc.credentials,
+        Some(Credentials::OAuth(codex_login("u", "w", 0).tokens))
+    );
+    assert_eq!(
+        sc.account.identity.as_ref().unwrap().chatgpt_account_id,
+        "w"
+    );
+
+    let keys = s
+        .load_keys(&[k2.id.clone(), "key_missing".into(), k1.id.clone()])
+        .await
+        .unwrap();
+    let mut want = vec![k1.clone(), k2.clone()];
+    want.sort_by(|x, y| x.id.cmp(&y.id));
+    assert_eq!(keys, want);
+
+    // Many ids at once (more than one statement's worth).
+    let many: Vec<String> = (0..1200)
+        .map(|i| format!("acc_{i}"))
+        .chain([a.id.clone()])
+        .collect();
+    assert_eq!(s.load_account_states(&many).await.unwrap().len(), 1);
+
+    s.set_policy(
+        &RoutingPolicy {
+            p2c_window: 7,
+            ..Default::default()
+        },
+        "t",
+    )
+    .await
+    .unwrap();
+    let full = s.load_all_states().await.unwrap();
+    assert_eq!(full.version, s.current_version().await.unwrap());
+    assert_eq!(full.accounts, got);
+    assert_eq!(full.keys, want);
+    assert_eq!(full.policy.p2c_window, 7);
+}
+
+async fn change_log_pruning(f: &Fixture) {
+    let s = &*f.store;
+    assert_eq!(s.oldest_change_version().await.unwrap(), 0);
+    assert_eq!(s.prune_changes(now_ms() + 1000, 0).await.unwrap(), 0);
+    let a = s
+        .create_account(openai("a"), Some(api_key("k")), None, "t")
+        .await
+        .unwrap();
+    for p in 0..29 {
+        s.update_account(
+            &a.id,
+            &AccountPatch {
+                priority: Some(p + 1),
+                ..Default::default()
+            },
+            "t",
+        )
+        .await
+        .unwrap();
+    }
+    let all = s.changes_since(0, 1000).await.unwrap();
+    assert_eq!(all.len(), 30);
+    let newest = all[29].version;
+    assert_eq!(s.oldest_change_version().await.unwrap(), all[0].version);
+
+    // Nothing is old enough yet.
+    assert_eq!(s.prune_changes(0, 10).await.unwrap(), 0);
+    // Old enough, but the newest 10 are kept.
+    assert_eq!(s.prune_changes(now_ms() + 1000, 10).await.unwrap(), 20);
+    assert_eq!(s.oldest_change_version().await.unwrap(), all[20].version);
+    assert_eq!(s.changes_since(0, 1000).await.unwrap(), all[20..].to_vec());
+    assert_eq!(s.current_version().await.unwrap(), newest);
+    // The newest change always stays, so the version never goes back.
+    assert_eq!(s.prune_changes(now_ms() + 1000, 0).await.unwrap(), 9);
+    assert_eq!(s.oldest_change_version().await.unwrap(), newest);
+    assert_eq!(s.current_version().await.unwrap(), newest);
+    s.delete_account(&a.id, "t").await.unwrap();
+    assert!(s.current_version().await.unwrap() > newest);
+}
+
+async fn gateways_seen_and_listed(f: &Fixture) {
+    let s = &*f.store;
+    let seen = |node: &str, event: GatewayEvent, v: i64, at: i64| GatewaySeen {
+        node_id: node.into(),
+        control_node: "cp-0".into(),
+        applied_version: v,
+        event,
+        at_ms: at,
+    };
+    s.upsert_gateway_seen(&seen("gw-a", GatewayEvent::Connected, 5, 1000))
+        .await
+        .unwrap();
+    s.upsert_gateway_seen(&seen("gw-a", GatewayEvent::Reported, 7, 2000))
+        .await
+        .unwrap();
+    let mut hb = seen("gw-a", GatewayEvent::Heartbeat, 0, 3000);
+    hb.control_node = "cp-1".into();
+    s.upsert_gateway_seen(&hb).await.unwrap();
+    s.upsert_gateway_seen(&seen("gw-b", GatewayEvent::Reported, 3, 2500))
+        .await
+        .unwrap();
+    let list = s.list_gateways(0).await.unwrap();
+    assert_eq!(
+        list,
+        vec![
+            GatewayRecord {
+                node_id: "gw-a".into(),
+                control_node: "cp-1".into(),
+                applied_version: 7,
+                connected_at_ms: Some(1000),
+                last_report_at_ms: Some(2000),
+                last_seen_at_ms: 3000,
+            },
+            GatewayRecord {
+                node_id: "gw-b".into(),
+                control_node: "cp-0".into(),
+                applied_version: 3,
+                connected_at_ms: None,
+                last_report_at_ms: Some(2500),
+                last_seen_at_ms: 2500,
+            },
+        ]
+    );
+    let recent = s.list_gateways(2800).await.unwrap();
+    assert_eq!(recent.len(), 1);
+    assert_eq!(recent[0].node_id, "gw-a");
+    // A reconnect resets the connection time and the applied version.
+    s.upsert_gateway_seen(&seen("gw-a", GatewayEvent::Connected, 2, 4000))
+        .await
+        .unwrap();
+    let a = &s.list_gateways(3500).await.unwrap()[0];
+    assert_eq!(
+        (a.applied_version, a.connected_at_ms, a.last_report_at_ms),
+        (2, Some(4000), Some(2000))
+    );
+
+    for bad in [
+        seen("", GatewayEvent::Connected, 1, 1),
+        seen("gw a", GatewayEvent::Connected, 1, 1),
+        seen(&"g".repeat(254), GatewayEvent::Connected, 1, 1),
+        seen("gw-c", GatewayEvent::Connected, -1, 1),
+    ] {
+        is_invalid(s.upsert_gateway_seen(&bad).await);
+    }
+    assert_eq!(s.prune_gateways(3000).await.unwrap(), 1);
+    assert_eq!(s.list_gateways(0).await.unwrap().len(), 1);
+}
+
+async fn local_change_feed(f: &Fixture) {
+    let s = &*f.store;
+    let mut rx = s.local_changes();
+    assert_eq!(*rx.borrow_and_update(), 0);
+    let a = s
+        .create_account(openai("a"), Some(api_key("k")), None, "t")
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*rx.borrow_and_update(), s.current_version().await.unwrap());
+    // Writes that log no change and failed writes announce nothing.
+    s.insert_request_logs(&logs::generate("feed", 3, 1))
+        .await
+        .unwrap();
+    assert!(
+        s.update_account(
+            &a.id,
+            &AccountPatch {
+                name: Some(String::new()),
+                ..Default::default()
+            },
+            "t"
+        )
+        .await
+        .is_err()
+    );
+    assert!(!rx.has_changed().unwrap());
+    s.record_observations(&[obs(&a.id, 0, ObservationKind::Deactivated)], "g")
+        .await
+        .unwrap();
+    assert!(rx.has_changed().unwrap());
+    assert_eq!(*rx.borrow_and_update(), s.current_version().await.unwrap());
+}
+
+#[tokio::test]
+async fn sqlite_has_no_remote_feed() {
+    let f = Fixture::sqlite().await;
+    assert!(f.store.remote_changes().is_none());
+}
+
+#[tokio::test]
+async fn postgres_remote_feed_carries_other_replicas_writes() {
+    let f = Fixture::postgres().await;
+    let other = f.reopen(poolgate_store::Cipher::new(&KEY)).await;
+    let mut rx = f.store.remote_changes().unwrap();
+    // The first signal says the listener is up (and that changes may have been missed).
+    tokio::time::timeout(std::time::Duration::from_secs(10), rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    rx.borrow_and_update();
+    let a = other
+        .create_account(openai("a"), Some(api_key("k")), None, "t")
+        .await
+        .unwrap();
+    let version = other.current_version().await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while *rx.borrow_and_update() < version {
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    other.delete_account(&a.id, "t").await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), rx.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(*rx.borrow(), other.current_version().await.unwrap());
 }

@@ -1,3 +1,4 @@
 //! Test support for poolgate.
 
+pub mod mock;
 pub mod pg;

@@ -191,6 +191,14 @@ pub fn adjust_native_codex_request(
     if req.contains_key("reasoning") && !opts.compact {
         normalize_include(&mut req);
     }
+    // Recent Codex CLIs send their base prompt as a leading developer message and no
+    // `instructions`; the backend rejects a request without them. Leave the messages alone.
+    let blank = req
+        .get("instructions")
+        .is_none_or(|v| v.as_str().is_none_or(|s| s.trim().is_empty()));
+    if blank && !opts.compact {
+        req.insert("instructions".into(), Value::from(NEUTRAL_INSTRUCTIONS));
+    }
     let mut out = Value::Object(req);
     if opts.failover {
         strip_account_scoped_items(&mut out);
@@ -558,6 +566,25 @@ mod tests {
     use crate::header_lookup;
 
     #[test]
+    fn native_requests_get_instructions_but_keep_their_messages() {
+        let dev = serde_json::json!({"type": "message", "role": "developer",
+            "content": [{"type": "input_text", "text": "base prompt"}]});
+        let body = serde_json::json!({"model": "gpt-5", "input": [dev.clone()], "stream": true});
+        let out = adjust_native_codex_request(body, &CodexRequestOptions::default()).unwrap();
+        assert_eq!(out["instructions"], NEUTRAL_INSTRUCTIONS);
+        assert_eq!(out["input"][0], dev);
+        let body = serde_json::json!({"model": "gpt-5", "instructions": "mine", "input": []});
+        let out = adjust_native_codex_request(body, &CodexRequestOptions::default()).unwrap();
+        assert_eq!(out["instructions"], "mine");
+        let compact = CodexRequestOptions {
+            compact: true,
+            ..Default::default()
+        };
+        let out = adjust_native_codex_request(serde_json::json!({"input": []}), &compact).unwrap();
+        assert!(out.get("instructions").is_none());
+    }
+
+    #[test]
     fn native_client_detection() {
         let cli = [(
             "User-Agent",
@@ -700,7 +727,7 @@ mod tests {
             out,
             json!({
                 "model": "gpt-5.4", "temperature": 1, "include": ["reasoning.encrypted_content"],
-                "reasoning": {"effort": "high"},
+                "reasoning": {"effort": "high"}, "instructions": NEUTRAL_INSTRUCTIONS,
                 "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]
             })
         );

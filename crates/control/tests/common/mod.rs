@@ -7,10 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use poolgate_control::{BootstrapToken, ControlConfig, ControlError};
+use poolgate_control::{
+    BootstrapToken, ControlConfig, ControlError, NodeToken, ReportIngest, SnapshotHub,
+};
 use poolgate_core::jwt::unsigned;
 use poolgate_proto::v1::admin_service_client::AdminServiceClient;
-use poolgate_store::{Cipher, SqliteStore, Store};
+use poolgate_proto::v1::report_service_client::ReportServiceClient;
+use poolgate_proto::v1::snapshot_service_client::SnapshotServiceClient;
+use poolgate_store::{Cipher, PgStore, SqliteStore, Store};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -18,12 +22,17 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 pub const BOOTSTRAP: &str = "pga_test-bootstrap-token-0123456789";
+pub const NODE: &str = "pgn_test-node-token-0123456789";
+pub const KEY: [u8; 32] = [7u8; 32];
 
 pub struct Harness {
     pub dir: Option<tempfile::TempDir>,
     pub store: Arc<dyn Store>,
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    pub hub: SnapshotHub,
+    pub ingest: ReportIngest,
+    pub node_name: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ControlError>>>,
 }
@@ -36,9 +45,15 @@ impl Harness {
     pub async fn start_with(tweak: impl FnOnce(&mut ControlConfig)) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(
-            SqliteStore::open(&dir.path().join("poolgate.db"), Cipher::new(&[7u8; 32])).unwrap(),
+            SqliteStore::open(&dir.path().join("poolgate.db"), Cipher::new(&KEY)).unwrap(),
         );
         Self::start_on(Some(dir), store, tweak).await
+    }
+
+    /// A replica on the PostgreSQL database at `url`.
+    pub async fn postgres(url: &str, tweak: impl FnOnce(&mut ControlConfig)) -> Harness {
+        let store = Arc::new(PgStore::connect(url, Cipher::new(&KEY)).await.unwrap());
+        Self::start_on(None, store, tweak).await
     }
 
     /// Serves `store`; `dir` (if any) is kept until the harness is dropped.
@@ -49,9 +64,11 @@ impl Harness {
     ) -> Harness {
         let mut config = ControlConfig::new("127.0.0.1:0", "127.0.0.1:0");
         config.bootstrap_token = Some(BootstrapToken::from_plaintext(BOOTSTRAP).unwrap());
+        config.node_token = Some(NodeToken::from_plaintext(NODE).unwrap());
         tweak(&mut config);
         let cp = poolgate_control::bind(config, store.clone()).await.unwrap();
         let (grpc, admin) = (cp.grpc_addr(), cp.admin_addr());
+        let (hub, ingest, node_name) = (cp.hub(), cp.ingest(), cp.node_name().to_string());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(cp.run(async {
             let _ = rx.await;
@@ -61,6 +78,9 @@ impl Harness {
             store,
             grpc,
             admin,
+            hub,
+            ingest,
+            node_name,
             stop: Some(tx),
             task: Some(task),
         }
@@ -73,6 +93,16 @@ impl Harness {
             .await
             .unwrap();
         AdminServiceClient::new(ch).max_encoding_message_size(64 << 20)
+    }
+
+    pub async fn snapshots(&self) -> SnapshotServiceClient<Channel> {
+        SnapshotServiceClient::new(self.channel().await)
+            .max_decoding_message_size(poolgate_proto::MAX_SNAPSHOT_MESSAGE_BYTES)
+    }
+
+    pub async fn reports(&self) -> ReportServiceClient<Channel> {
+        ReportServiceClient::new(self.channel().await)
+            .max_encoding_message_size(poolgate_proto::MAX_REPORT_MESSAGE_BYTES)
     }
 
     pub async fn channel(&self) -> Channel {
@@ -108,6 +138,11 @@ pub fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
 
 pub fn admin<T>(msg: T) -> tonic::Request<T> {
     authed(BOOTSTRAP, msg)
+}
+
+/// A request carrying the node token, as gateways send it.
+pub fn node<T>(msg: T) -> tonic::Request<T> {
+    authed(NODE, msg)
 }
 
 /// A Codex auth.json for login `sub` in workspace `ws`, with recognisable token values.

@@ -121,6 +121,26 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// The first column of the first row of `sql` as text (NULL as `None`), read behind the
+    /// store's back.
+    pub async fn text(&self, sql: &str) -> Option<String> {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => {
+                let c = rusqlite::Connection::open(path).unwrap();
+                c.query_row(sql, [], |r| r.get::<_, Option<String>>(0))
+                    .unwrap()
+            }
+            Backend::Postgres { url } => pg_client(url)
+                .await
+                .query_one(sql, &[])
+                .await
+                .unwrap()
+                .get::<_, Option<String>>(0),
+        }
+    }
+}
+
 pub const TABLES: &[&str] = &[
     "accounts",
     "credentials",
@@ -131,6 +151,7 @@ pub const TABLES: &[&str] = &[
     "audit_events",
     "changes",
     "routing_policy",
+    "gateways",
 ];
 
 pub async fn pg_client(url: &str) -> tokio_postgres::Client {

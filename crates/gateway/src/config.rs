@@ -1,0 +1,78 @@
+//! Gateway settings. Defaults follow DESIGN.md and the seed spec's timeouts (§12).
+
+use std::time::Duration;
+
+use poolgate_upstream::UpstreamConfig;
+
+/// 16 MiB: the default request body limit (larger bodies get 413).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Client-facing listener (`host:port`; port 0 picks a free port).
+    pub listen: String,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin_listen: String,
+    /// Names this gateway in request logs and reports.
+    pub node_id: String,
+    /// Request bodies above this (after zstd decoding) get 413.
+    pub max_body_bytes: usize,
+    /// A `: keep-alive` comment goes to SSE clients after this long without upstream bytes.
+    pub keepalive_interval: Duration,
+    /// Stream preflight: content-free events are held back up to this many bytes...
+    pub preflight_max_bytes: usize,
+    /// ...or this long, so an early in-stream quota error can still fail over.
+    pub preflight_max_wait: Duration,
+    /// Bound on an upstream error body read to classify it (and relay it).
+    pub max_error_body_bytes: usize,
+    /// Bound on a streamed response aggregated for a non-streaming client.
+    pub max_aggregate_bytes: usize,
+    pub report: ReportConfig,
+    pub upstream: UpstreamConfig,
+    /// Longest wait between snapshot stream reconnects.
+    pub snapshot_backoff_max: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: "0.0.0.0:8080".into(),
+            admin_listen: "0.0.0.0:9090".into(),
+            node_id: "gateway".into(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            keepalive_interval: Duration::from_secs(15),
+            preflight_max_bytes: 64 * 1024,
+            preflight_max_wait: Duration::from_secs(10),
+            max_error_body_bytes: 1024 * 1024,
+            max_aggregate_bytes: poolgate_wire::aggregate::DEFAULT_MAX_AGGREGATE_BYTES,
+            report: ReportConfig::default(),
+            upstream: UpstreamConfig::default(),
+            snapshot_backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The report path: a bounded queue shipped in batches.
+#[derive(Debug, Clone)]
+pub struct ReportConfig {
+    /// Records (logs + observations) held while the control plane is away; the oldest are
+    /// dropped (and counted) beyond this.
+    pub queue_capacity: usize,
+    /// A batch is sent once this many records are waiting...
+    pub batch_max: usize,
+    /// ...or this long after the previous one.
+    pub interval: Duration,
+    /// Longest wait between retries while the control plane refuses batches.
+    pub backoff_max: Duration,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            queue_capacity: 20_000,
+            batch_max: 1_000,
+            interval: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}

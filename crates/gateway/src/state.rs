@@ -1,0 +1,450 @@
+//! What the gateway holds between requests: the applied snapshot (swapped atomically; a
+//! request keeps the view it started with) and this gateway's health of every account
+//! (kept across snapshots, so a new snapshot does not forget in-flight counts or local
+//! cooldowns).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use futures::StreamExt;
+use poolgate_core::snapshot::{AccountState, Delta, Snapshot};
+use poolgate_core::{AccountStatus, StatusReason, UnixMillis};
+use poolgate_routing::{
+    AccountHealth, AttemptSkip, BalancedCursor, Cooldown, HealthSource, Load, Outcome,
+    RouteAccount, Router, routing_order,
+};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::source::SnapshotSource;
+
+/// Rotation counters kept for `balanced` (key, model) pairs.
+const CURSOR_CAPACITY: usize = 4096;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these short locks cannot leave the data half-written
+    // (every critical section is a copy or a single update), so a poisoned lock is usable.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One account's health on this gateway. `Load` (read for every eligible account on every
+/// request) is mirrored in atomics; the rest sits behind a short lock.
+pub(crate) struct HealthCell {
+    health: Mutex<AccountHealth>,
+    inflight: AtomicU32,
+    /// 0 = none.
+    cooldown_until: AtomicI64,
+    gauge: Gauge,
+}
+
+impl HealthCell {
+    fn new(account_id: &str, metrics: &Metrics) -> Self {
+        HealthCell {
+            health: Mutex::new(AccountHealth::default()),
+            inflight: AtomicU32::new(0),
+            cooldown_until: AtomicI64::new(0),
+            gauge: metrics.inflight_gauge(account_id),
+        }
+    }
+
+    pub fn health(&self) -> AccountHealth {
+        *lock(&self.health)
+    }
+
+    pub fn load(&self) -> Load {
+        let until = self.cooldown_until.load(Ordering::Relaxed);
+        Load {
+            inflight: self.inflight.load(Ordering::Relaxed),
+            cooldown_until_ms: (until != 0).then_some(until),
+        }
+    }
+
+    fn mirror(&self, h: &AccountHealth) {
+        self.inflight.store(h.inflight(), Ordering::Relaxed);
+        let until = h.cooldown().map_or(0, |c| c.until_ms);
+        self.cooldown_until.store(until, Ordering::Relaxed);
+    }
+
+    /// Checks whether the account should be passed over and, if not, counts the attempt in
+    /// flight, under one lock so concurrent requests cannot both take the last slot.
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        router: &Router,
+        account: &RouteAccount,
+        now_ms: UnixMillis,
+        is_last: bool,
+    ) -> Result<InflightGuard, AttemptSkip> {
+        let mut h = lock(&self.health);
+        if let Some(skip) = router.should_skip(account, &h, now_ms, is_last) {
+            return Err(skip);
+        }
+        h.acquire();
+        self.mirror(&h);
+        drop(h);
+        self.gauge.inc();
+        Ok(InflightGuard { cell: self.clone() })
+    }
+
+    pub fn record(
+        &self,
+        router: &Router,
+        outcome: Outcome,
+        now_ms: UnixMillis,
+    ) -> Option<Cooldown> {
+        let mut h = lock(&self.health);
+        let c = router.record(&mut h, outcome, now_ms);
+        self.mirror(&h);
+        c
+    }
+
+    #[cfg(test)]
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one attempt in flight until dropped (when the response has been fully streamed,
+/// the client went away, or the attempt failed over).
+pub(crate) struct InflightGuard {
+    cell: Arc<HealthCell>,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        let mut h = lock(&self.cell.health);
+        h.release();
+        self.cell.mirror(&h);
+        drop(h);
+        self.cell.gauge.dec();
+    }
+}
+
+/// One applied snapshot, prepared for routing: the accounts sorted once by
+/// [`routing_order`], with their state and health cells at the same positions.
+pub(crate) struct View {
+    pub snapshot: Snapshot,
+    pub accounts: Vec<RouteAccount>,
+    pub states: Vec<Arc<AccountState>>,
+    pub cells: Vec<Arc<HealthCell>>,
+    pub router: Router,
+}
+
+impl View {
+    pub fn version(&self) -> i64 {
+        self.snapshot.version
+    }
+}
+
+/// [`HealthSource`] over a view's cells: `load` from atomics, `health` under the lock.
+pub(crate) struct Cells<'a>(pub &'a [Arc<HealthCell>]);
+
+impl HealthSource for Cells<'_> {
+    fn health(&self, index: usize, _: &RouteAccount) -> AccountHealth {
+        self.0.get(index).map(|c| c.health()).unwrap_or_default()
+    }
+
+    fn load(&self, index: usize, _: &RouteAccount) -> Load {
+        self.0.get(index).map(|c| c.load()).unwrap_or_default()
+    }
+}
+
+/// The routing fields of an account. One without credentials cannot be sent anything: it
+/// routes as unavailable (auth invalid) so the skip summary says why.
+pub(crate) fn route_account(s: &AccountState) -> RouteAccount {
+    let a = &s.account;
+    let (status, status_reason) = if s.credentials.is_none() {
+        (AccountStatus::Unavailable, Some(StatusReason::AuthInvalid))
+    } else {
+        (a.status, a.status_reason)
+    };
+    RouteAccount {
+        id: a.id.clone(),
+        provider: a.spec.provider,
+        group: a.spec.group.clone(),
+        priority: a.spec.priority,
+        enabled: a.spec.enabled,
+        status,
+        status_reason,
+        max_inflight: a.spec.max_inflight,
+        model_filter: a.spec.model_filter.clone(),
+        usage: s.usage.clone(),
+        cooldown_until_ms: s.cooldown_until_ms,
+    }
+}
+
+pub(crate) struct Shared {
+    view: ArcSwapOption<View>,
+    cells: Mutex<HashMap<String, Arc<HealthCell>>>,
+    cursor: Mutex<BalancedCursor>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Shared {
+            view: ArcSwapOption::empty(),
+            cells: Mutex::new(HashMap::new()),
+            cursor: Mutex::new(BalancedCursor::new(CURSOR_CAPACITY)),
+            metrics,
+        }
+    }
+
+    /// The current view; `None` until the first snapshot arrived.
+    pub fn view(&self) -> Option<Arc<View>> {
+        self.view.load_full()
+    }
+
+    pub fn version(&self) -> i64 {
+        self.view.load().as_ref().map_or(0, |v| v.version())
+    }
+
+    pub fn rotation(&self, router: &Router, req: &poolgate_routing::RouteRequest<'_>) -> u64 {
+        // Only `balanced` keeps counters; `ordered` needs no lock.
+        if router.policy().strategy != poolgate_core::Strategy::Balanced {
+            return 0;
+        }
+        router.rotation(&mut lock(&self.cursor), req)
+    }
+
+    /// Applies a delta on top of the current snapshot and swaps the new view in.
+    pub fn apply(&self, delta: Delta) -> Result<i64, poolgate_core::Error> {
+        let current = self.view();
+        let base = current.as_ref().map(|v| &v.snapshot);
+        let next = match base {
+            Some(s) => s.apply(delta)?,
+            None => Snapshot::default().apply(Delta {
+                full: true,
+                ..delta
+            })?,
+        };
+        let view = self.build_view(next);
+        let version = view.version();
+        self.view.store(Some(Arc::new(view)));
+        self.metrics.snapshot_applied(version);
+        Ok(version)
+    }
+
+    fn build_view(&self, snapshot: Snapshot) -> View {
+        let mut states: Vec<Arc<AccountState>> = snapshot.accounts.values().cloned().collect();
+        let mut accounts: Vec<(RouteAccount, Arc<AccountState>)> =
+            states.drain(..).map(|s| (route_account(&s), s)).collect();
+        accounts.sort_by(|a, b| routing_order(&a.0, &b.0));
+        let mut cells_by_id = lock(&self.cells);
+        // Accounts gone from the snapshot lose their cell (in-flight requests keep theirs
+        // through the guard); the rest keep health across snapshots.
+        let removed: Vec<String> = cells_by_id
+            .keys()
+            .filter(|id| !snapshot.accounts.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in &removed {
+            cells_by_id.remove(id);
+            self.metrics.forget_account(id);
+        }
+        let cells = accounts
+            .iter()
+            .map(|(a, _)| {
+                cells_by_id
+                    .entry(a.id.clone())
+                    .or_insert_with(|| Arc::new(HealthCell::new(&a.id, &self.metrics)))
+                    .clone()
+            })
+            .collect();
+        drop(cells_by_id);
+        let router = Router::new((*snapshot.policy).clone());
+        let (accounts, states) = accounts.into_iter().unzip();
+        View {
+            snapshot,
+            accounts,
+            states,
+            cells,
+            router,
+        }
+    }
+}
+
+/// Follows the snapshot source until shutdown: applies each delta, reconnects with backoff
+/// (resuming from the applied version) when the stream ends or fails, and keeps serving the
+/// last snapshot meanwhile.
+pub(crate) async fn follow_snapshots(
+    shared: Arc<Shared>,
+    source: Arc<dyn SnapshotSource>,
+    backoff_max: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let min_backoff = Duration::from_millis(200);
+    let mut backoff = min_backoff;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let have = shared.version();
+        let watched = tokio::select! {
+            r = source.watch(have) => r,
+            _ = shutdown.changed() => return,
+        };
+        match watched {
+            Ok(mut stream) => {
+                shared.metrics.snapshot_connected(true);
+                tracing::info!(have_version = have, "snapshot stream connected");
+                loop {
+                    let item = tokio::select! {
+                        i = stream.next() => i,
+                        _ = shutdown.changed() => {
+                            shared.metrics.snapshot_connected(false);
+                            return;
+                        }
+                    };
+                    match item {
+                        Some(Ok(delta)) => {
+                            let (v, full) = (delta.version, delta.full);
+                            match shared.apply(delta) {
+                                Ok(_) => {
+                                    backoff = min_backoff;
+                                    tracing::debug!(version = v, full, "snapshot applied");
+                                }
+                                Err(e) => {
+                                    // A delta that does not fit means our version is off:
+                                    // reconnect, which resumes from what is applied.
+                                    tracing::warn!(version = v, error = %e, "snapshot delta rejected; reconnecting");
+                                    break;
+                                }
+                            }
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "snapshot stream failed");
+                            break;
+                        }
+                        None => {
+                            tracing::warn!("snapshot stream ended");
+                            break;
+                        }
+                    }
+                }
+                shared.metrics.snapshot_connected(false);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot watch snapshots; serving the last one");
+            }
+        }
+        let jitter = Duration::from_millis(crate::ids::random_u64() % 100);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(backoff_max.max(min_backoff));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use poolgate_core::{Account, AccountSpec, Credentials, ManagedBy, Provider, Secret};
+
+    pub(crate) fn state(id: &str, priority: i32) -> AccountState {
+        let mut spec = AccountSpec::new(Provider::OpenAi, id);
+        spec.priority = priority;
+        AccountState {
+            account: Account {
+                id: id.into(),
+                spec,
+                status: AccountStatus::Active,
+                status_reason: None,
+                identity: None,
+                managed_by: ManagedBy::Api,
+                managed_ref: None,
+                has_credentials: true,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            },
+            credentials: Some(Credentials::ApiKey {
+                key: Secret::new("sk"),
+            }),
+            usage: None,
+            cooldown_until_ms: None,
+        }
+    }
+
+    #[test]
+    fn views_sort_accounts_and_keep_health_across_snapshots() {
+        let shared = Shared::new(Arc::new(Metrics::new()));
+        assert!(shared.view().is_none());
+        shared
+            .apply(Delta {
+                version: 1,
+                full: true,
+                upsert_accounts: vec![state("b", 0), state("a", 0), state("c", -1)],
+                ..Default::default()
+            })
+            .unwrap();
+        let v1 = shared.view().unwrap();
+        let ids: Vec<&str> = v1.accounts.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["c", "a", "b"]);
+        let guard = v1.cells[1]
+            .try_acquire(&v1.router, &v1.accounts[1], 0, false)
+            .unwrap();
+        let mut no_creds = state("d", 5);
+        no_creds.credentials = None;
+        shared
+            .apply(Delta {
+                version: 2,
+                remove_accounts: vec!["c".into()],
+                upsert_accounts: vec![no_creds],
+                ..Default::default()
+            })
+            .unwrap();
+        let v2 = shared.view().unwrap();
+        assert_eq!(v2.version(), 2);
+        assert_eq!(v2.accounts[0].id, "a");
+        assert_eq!(v2.cells[0].inflight(), 1, "in-flight survives the swap");
+        assert_eq!(v2.accounts[2].status, AccountStatus::Unavailable);
+        // The old view is untouched: a request keeps what it started with.
+        assert_eq!(v1.accounts.len(), 3);
+        drop(guard);
+        assert_eq!(v2.cells[0].inflight(), 0);
+        assert!(
+            shared
+                .apply(Delta {
+                    version: 2,
+                    ..Default::default()
+                })
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn acquire_respects_the_cap_unless_last() {
+        let shared = Shared::new(Arc::new(Metrics::new()));
+        let mut s = state("a", 0);
+        s.account.spec.max_inflight = 1;
+        shared
+            .apply(Delta {
+                version: 1,
+                full: true,
+                upsert_accounts: vec![s],
+                ..Default::default()
+            })
+            .unwrap();
+        let v = shared.view().unwrap();
+        let (cell, acc) = (&v.cells[0], &v.accounts[0]);
+        let g1 = cell.try_acquire(&v.router, acc, 0, false).unwrap();
+        assert!(matches!(
+            cell.try_acquire(&v.router, acc, 0, false),
+            Err(AttemptSkip::InflightCap {
+                inflight: 1,
+                cap: 1
+            })
+        ));
+        let g2 = cell.try_acquire(&v.router, acc, 0, true).unwrap();
+        assert_eq!(cell.load().inflight, 2);
+        drop((g1, g2));
+        assert_eq!(cell.load().inflight, 0);
+        let c = cell.record(&v.router, Outcome::Upstream5xx, 1_000).unwrap();
+        assert_eq!(c.until_ms, 31_000);
+        assert_eq!(cell.load().cooldown_until_ms, Some(31_000));
+    }
+}

@@ -1,0 +1,215 @@
+//! Faults injected per bearer token, and the answers they produce.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::body::MockBody;
+use super::util::{json_response, set_header};
+
+/// Something going wrong for one account. Faults are keyed by the bearer token the request
+/// carries (the refresh token or code on the OAuth endpoint) and apply to the inference, models
+/// and usage endpoints.
+///
+/// JSON form (control API): `{"kind":"usage_limit","resets_in_secs":3600}`, kinds in snake_case.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    /// 429 with `Retry-After` and a `rate_limit_exceeded` body.
+    RateLimited { retry_after_secs: u64 },
+    /// 429 `usage_limit_reached` with `resets_in_seconds`/`resets_at` and the primary window
+    /// at 100 % in the `x-codex-primary-*` headers. The usage endpoint reports the same
+    /// exhausted window (without consuming the fault).
+    UsageLimit { resets_in_secs: u64 },
+    /// 401 `token_expired` (`refresh_token_invalidated` on the OAuth endpoint).
+    Unauthorized,
+    /// 401 `account_deactivated`.
+    Deactivated,
+    /// A 5xx status (anything outside 500..=599 becomes 500).
+    ServerError { status: u16 },
+    /// The response head is delayed, then the request is served normally.
+    SlowFirstByte { delay_ms: u64 },
+    /// A stream pauses for `stall_ms` after `after_events` SSE events (a JSON answer pauses
+    /// after its head).
+    StallMidStream { after_events: u32, stall_ms: u64 },
+    /// A stream's connection is closed after `after_events` events, without a terminal event;
+    /// a JSON request's connection is closed without any answer.
+    DropConnection { after_events: u32 },
+    /// A stream fails inside: `response.created`, `response.in_progress`, then
+    /// `response.failed` whose `response.error` carries `code` (a Chat Completions stream
+    /// gets an `error` frame instead). Only streaming answers take this fault.
+    InStreamFailure {
+        code: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resets_in_secs: Option<u64>,
+    },
+    /// 403 Cloudflare challenge page (`cf-mitigated: challenge`, HTML body).
+    Challenge,
+}
+
+impl Fault {
+    /// This fault for the next `n` requests only.
+    pub fn times(self, n: u32) -> FaultRule {
+        FaultRule {
+            fault: self,
+            remaining: Some(n),
+        }
+    }
+
+    /// Applies to streaming answers only.
+    pub(crate) fn stream_only(&self) -> bool {
+        matches!(self, Fault::InStreamFailure { .. })
+    }
+}
+
+/// A fault and how many more requests it applies to (`None`: until cleared).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultRule {
+    pub fault: Fault,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u32>,
+}
+
+impl From<Fault> for FaultRule {
+    fn from(fault: Fault) -> Self {
+        FaultRule {
+            fault,
+            remaining: None,
+        }
+    }
+}
+
+/// Where the answer to the faulted request goes, which decides how a fault is rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Surface {
+    /// Inference, models and usage endpoints.
+    Api,
+    /// The OAuth token endpoint: auth failures use OAuth refresh error codes.
+    OAuth,
+}
+
+/// The immediate HTTP answer of an HTTP-level fault; `None` for faults that shape the normal
+/// answer instead (slow first byte, stalls, drops, in-stream failures).
+pub(crate) fn http_answer(
+    fault: &Fault,
+    surface: Surface,
+    now_secs: i64,
+) -> Option<Response<MockBody>> {
+    let resp = match fault {
+        Fault::RateLimited { retry_after_secs } => {
+            let body = json!({"error": {
+                "message": format!("Rate limit reached for requests. Please try again in {retry_after_secs}s."),
+                "type": "requests",
+                "param": null,
+                "code": "rate_limit_exceeded",
+            }});
+            let mut r = json_response(StatusCode::TOO_MANY_REQUESTS, body.to_string());
+            set_header(
+                &mut r,
+                header::RETRY_AFTER,
+                HeaderValue::from(*retry_after_secs),
+            );
+            r
+        }
+        Fault::UsageLimit { resets_in_secs } => {
+            let resets_at =
+                now_secs.saturating_add(i64::try_from(*resets_in_secs).unwrap_or(i64::MAX / 2));
+            let body = json!({"error": {
+                "type": "usage_limit_reached",
+                "message": "The usage limit has been reached",
+                "plan_type": "plus",
+                "resets_at": resets_at,
+                "resets_in_seconds": resets_in_secs,
+            }});
+            json_response(StatusCode::TOO_MANY_REQUESTS, body.to_string())
+        }
+        Fault::Unauthorized => match surface {
+            Surface::Api => openai_error(
+                StatusCode::UNAUTHORIZED,
+                "Provided authentication token is expired. Please try signing in again.",
+                "token_expired",
+            ),
+            Surface::OAuth => openai_error(
+                StatusCode::UNAUTHORIZED,
+                "Your refresh token has been invalidated. Please try signing in again.",
+                "refresh_token_invalidated",
+            ),
+        },
+        Fault::Deactivated => openai_error(
+            StatusCode::UNAUTHORIZED,
+            "Your OpenAI account has been deactivated, please check your email for more information.",
+            "account_deactivated",
+        ),
+        Fault::ServerError { status } => {
+            let status = StatusCode::from_u16(*status)
+                .ok()
+                .filter(StatusCode::is_server_error)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = json!({"error": {
+                "message": "The server had an error while processing your request. Sorry about that!",
+                "type": "server_error",
+                "param": null,
+                "code": null,
+            }});
+            json_response(status, body.to_string())
+        }
+        Fault::Challenge => {
+            let mut r = Response::new(MockBody::full(Bytes::from_static(CHALLENGE_PAGE)));
+            *r.status_mut() = StatusCode::FORBIDDEN;
+            set_header(
+                &mut r,
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=UTF-8"),
+            );
+            set_header(&mut r, CF_MITIGATED, HeaderValue::from_static("challenge"));
+            set_header(
+                &mut r,
+                CF_RAY,
+                HeaderValue::from_static("8f0000000mock-SJC"),
+            );
+            set_header(
+                &mut r,
+                header::SERVER,
+                HeaderValue::from_static("cloudflare"),
+            );
+            r
+        }
+        Fault::SlowFirstByte { .. }
+        | Fault::StallMidStream { .. }
+        | Fault::DropConnection { .. }
+        | Fault::InStreamFailure { .. } => return None,
+    };
+    Some(resp)
+}
+
+const CF_MITIGATED: http::HeaderName = http::HeaderName::from_static("cf-mitigated");
+const CF_RAY: http::HeaderName = http::HeaderName::from_static("cf-ray");
+
+const CHALLENGE_PAGE: &[u8] = b"<!DOCTYPE html><html lang=\"en-US\"><head><title>Just a moment...</title>\
+<meta http-equiv=\"refresh\" content=\"390\"></head><body><noscript>Enable JavaScript and cookies to continue</noscript>\
+</body></html>";
+
+fn openai_error(status: StatusCode, message: &str, code: &str) -> Response<MockBody> {
+    let body = json!({"error": {
+        "message": message,
+        "type": "invalid_request_error",
+        "param": null,
+        "code": code,
+    }});
+    json_response(status, body.to_string())
+}
+
+/// The message of an in-stream failure with this code.
+pub(crate) fn in_stream_message(code: &str) -> &'static str {
+    match code {
+        "usage_limit_reached" | "usage_limit_exceeded" => "The usage limit has been reached",
+        "insufficient_quota" => {
+            "You exceeded your current quota, please check your plan and billing details."
+        }
+        "rate_limit_exceeded" => "Rate limit reached for requests. Please try again in 20s.",
+        "account_deactivated" | "workspace_deactivated" => "This account has been deactivated.",
+        "context_length_exceeded" => "Your input exceeds the context window of this model.",
+        _ => "An error occurred while processing your request.",
+    }
+}

@@ -1,0 +1,498 @@
+//! HTTP clients to the upstream providers poolgate fronts: the ChatGPT Codex backend (OAuth
+//! accounts) and OpenAI-compatible APIs (API-key accounts). No routing here: the gateway picks
+//! the account and builds the body; this crate turns one attempt into one HTTP request with
+//! the provider's URL and header profile, and hands back the status, headers and a body
+//! stream.
+//!
+//! - One shared HTTP/1.1 keep-alive pool (`TCP_NODELAY`, 15 s connect timeout, no total
+//!   timeout: streams last as long as the upstream keeps them open), plus one pool per
+//!   account proxy (`http`, `https`, `socks5`, `socks5h`).
+//! - Codex: `{base}/responses`, `{base}/responses/compact`, `{base}/models?client_version=`,
+//!   with the official client's headers (seed spec §10.2 [H], §18.1–18.2).
+//! - OpenAI: `{base}{path}` with `Authorization: Bearer <api key>`, the body as given.
+//!
+//! Dropping an [`UpstreamResponse`] (or its body) closes the upstream request.
+
+mod codex;
+mod error;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use poolgate_core::snapshot::AccountState;
+use poolgate_core::{Credentials, Provider};
+use poolgate_wire::responses::SessionInput;
+
+pub use codex::{
+    CODEX_ORIGINATOR, DEFAULT_CODEX_VERSION, codex_base_url, codex_user_agent, installation_id_for,
+};
+pub use error::UpstreamError;
+
+/// The OpenAI API base used when an API-key account sets none.
+pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+/// Settings of the HTTP clients.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub connect_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+    pub tcp_keepalive: Duration,
+    /// The Codex CLI version the header profile claims (keep it recent).
+    pub codex_version: String,
+    /// Bound on the per-proxy client cache (one client per distinct proxy URL).
+    pub max_proxy_clients: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: Duration::from_secs(15),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+            tcp_keepalive: Duration::from_secs(30),
+            codex_version: DEFAULT_CODEX_VERSION.to_string(),
+            max_proxy_clients: 256,
+        }
+    }
+}
+
+/// What the client asked for, in provider-neutral terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/responses` (the Codex backend always streams).
+    Responses,
+    /// `POST /v1/responses/compact`.
+    ResponsesCompact,
+    /// `POST /v1/chat/completions` (OpenAI accounts only; Codex needs a translation).
+    ChatCompletions,
+    /// `GET /v1/models`.
+    Models,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Responses => "responses",
+            Endpoint::ResponsesCompact => "responses_compact",
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Models => "models",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Responses => "/responses",
+            Endpoint::ResponsesCompact => "/responses/compact",
+            Endpoint::ChatCompletions => "/chat/completions",
+            Endpoint::Models => "/models",
+        }
+    }
+
+    fn method(self) -> Method {
+        match self {
+            Endpoint::Models => Method::GET,
+            _ => Method::POST,
+        }
+    }
+}
+
+/// One attempt's request.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest<'a> {
+    pub endpoint: Endpoint,
+    /// The body exactly as it goes upstream (already normalised for Codex).
+    pub body: Bytes,
+    /// The client wants a stream (sets `Accept` for OpenAI; Codex `/responses` always streams).
+    pub stream: bool,
+    /// The inbound request's headers: Codex passthrough headers and client identity are
+    /// read from here. Nothing else of the client's is forwarded.
+    pub client_headers: &'a HeaderMap,
+    /// Codex session inputs (ids, anchor, failover); `None` sends no session headers.
+    pub session: Option<SessionInput<'a>>,
+    /// Added as they are (e.g. W3C `traceparent`).
+    pub extra_headers: &'a [(HeaderName, HeaderValue)],
+}
+
+/// A body chunk stream; dropping it closes the upstream request.
+pub type BodyStream = Pin<Box<dyn Stream<Item = Result<Bytes, UpstreamError>> + Send>>;
+
+/// The upstream answer: status and headers are in, the body streams.
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: BodyStream,
+}
+
+impl std::fmt::Debug for UpstreamResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamResponse")
+            .field("status", &self.status)
+            .field("headers", &self.headers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UpstreamResponse {
+    /// Reads the whole body, failing once it grows beyond `limit` bytes.
+    pub async fn collect(self, limit: usize) -> Result<Bytes, UpstreamError> {
+        collect_body(self.body, limit).await
+    }
+}
+
+/// Reads a body stream to its end, bounded.
+pub async fn collect_body(mut body: BodyStream, limit: usize) -> Result<Bytes, UpstreamError> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        if buf.len() + chunk.len() > limit {
+            return Err(UpstreamError::TooLarge { limit });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// The HTTP clients. Cheap to share (`Arc`); build one per process.
+pub struct UpstreamClient {
+    cfg: UpstreamConfig,
+    direct: reqwest::Client,
+    proxied: Mutex<HashMap<String, reqwest::Client>>,
+    codex_user_agent: HeaderValue,
+    own_user_agent: HeaderValue,
+}
+
+impl std::fmt::Debug for UpstreamClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamClient")
+            .field("codex_version", &self.cfg.codex_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes ring the process's rustls provider (reqwest is built without one). Idempotent; a
+/// provider installed earlier by the host stays.
+pub fn install_crypto_provider() {
+    // Err only means a provider is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl UpstreamClient {
+    pub fn new(cfg: UpstreamConfig) -> Result<Arc<Self>, UpstreamError> {
+        install_crypto_provider();
+        let direct = build_client(&cfg, None)?;
+        let codex_user_agent = HeaderValue::from_str(&codex_user_agent(&cfg.codex_version))
+            .map_err(|_| UpstreamError::Config("codex_version has invalid characters".into()))?;
+        let own_user_agent =
+            HeaderValue::from_static(concat!("poolgate/", env!("CARGO_PKG_VERSION")));
+        Ok(Arc::new(UpstreamClient {
+            cfg,
+            direct,
+            proxied: Mutex::new(HashMap::new()),
+            codex_user_agent,
+            own_user_agent,
+        }))
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.cfg
+    }
+
+    /// The client for an account: the shared pool, or its proxy's.
+    fn client_for(&self, proxy_url: Option<&str>) -> Result<reqwest::Client, UpstreamError> {
+        let Some(url) = proxy_url.map(str::trim).filter(|u| !u.is_empty()) else {
+            return Ok(self.direct.clone());
+        };
+        let mut cache = self
+            .proxied
+            .lock()
+            .map_err(|_| UpstreamError::Config("proxy client cache poisoned".into()))?;
+        if let Some(c) = cache.get(url) {
+            return Ok(c.clone());
+        }
+        let client = build_client(&self.cfg, Some(url))?;
+        if cache.len() >= self.cfg.max_proxy_clients.max(1) {
+            // Proxies rarely change; starting over keeps the cache bounded without LRU state.
+            cache.clear();
+        }
+        cache.insert(url.to_string(), client.clone());
+        Ok(client)
+    }
+
+    /// The URL an endpoint maps to for an account.
+    pub fn url_for(
+        &self,
+        account: &AccountState,
+        endpoint: Endpoint,
+    ) -> Result<String, UpstreamError> {
+        request_url(account, endpoint, &self.cfg.codex_version)
+    }
+
+    /// Sends one attempt to the account's provider.
+    pub async fn send(
+        &self,
+        account: &AccountState,
+        req: UpstreamRequest<'_>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let url = self.url_for(account, req.endpoint)?;
+        let headers = match account.account.spec.provider {
+            Provider::Codex => self.codex_request_headers(account, &req)?,
+            Provider::OpenAi => self.openai_request_headers(account, &req)?,
+            p => {
+                return Err(UpstreamError::Unsupported {
+                    provider: p.as_str(),
+                    endpoint: req.endpoint.as_str(),
+                });
+            }
+        };
+        let client = self.client_for(account.account.spec.proxy_url.as_deref())?;
+        let mut builder = client.request(req.endpoint.method(), url).headers(headers);
+        if req.endpoint.method() == Method::POST {
+            builder = builder.body(req.body);
+        }
+        let resp = builder.send().await.map_err(UpstreamError::from_reqwest)?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .bytes_stream()
+            .map(|r| r.map_err(UpstreamError::from_reqwest_body));
+        Ok(UpstreamResponse {
+            status,
+            headers,
+            body: Box::pin(body),
+        })
+    }
+
+    fn codex_request_headers(
+        &self,
+        account: &AccountState,
+        req: &UpstreamRequest<'_>,
+    ) -> Result<HeaderMap, UpstreamError> {
+        let token = match &account.credentials {
+            Some(Credentials::OAuth(t)) if !t.access_token.is_empty() => &t.access_token,
+            _ => {
+                return Err(UpstreamError::MissingCredentials {
+                    account: account.account.id.clone(),
+                });
+            }
+        };
+        if req.endpoint == Endpoint::ChatCompletions {
+            return Err(UpstreamError::Unsupported {
+                provider: Provider::Codex.as_str(),
+                endpoint: req.endpoint.as_str(),
+            });
+        }
+        let account_id = account
+            .account
+            .identity
+            .as_ref()
+            .map(|i| i.chatgpt_account_id.as_str());
+        let installation = installation_id_for(&account.account.id);
+        codex::codex_headers(&codex::CodexHeaderInput {
+            endpoint: req.endpoint,
+            access_token: token.expose(),
+            chatgpt_account_id: account_id,
+            client_headers: req.client_headers,
+            session: req.session.as_ref(),
+            default_user_agent: &self.codex_user_agent,
+            installation_id: &installation,
+            has_body: req.endpoint.method() == Method::POST,
+            extra: req.extra_headers,
+        })
+    }
+
+    fn openai_request_headers(
+        &self,
+        account: &AccountState,
+        req: &UpstreamRequest<'_>,
+    ) -> Result<HeaderMap, UpstreamError> {
+        let key = match &account.credentials {
+            Some(Credentials::ApiKey { key }) if !key.is_empty() => key,
+            _ => {
+                return Err(UpstreamError::MissingCredentials {
+                    account: account.account.id.clone(),
+                });
+            }
+        };
+        let mut h = HeaderMap::with_capacity(8);
+        h.insert(AUTHORIZATION, bearer(key.expose())?);
+        if req.endpoint.method() == Method::POST {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static(if req.stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }),
+        );
+        h.insert(USER_AGENT, self.own_user_agent.clone());
+        for (n, v) in req.extra_headers {
+            h.insert(n.clone(), v.clone());
+        }
+        Ok(h)
+    }
+}
+
+/// `Bearer <secret>`, marked sensitive so it never shows in debug output.
+pub(crate) fn bearer(secret: &str) -> Result<HeaderValue, UpstreamError> {
+    let mut v = HeaderValue::from_str(&format!("Bearer {secret}")).map_err(|_| {
+        UpstreamError::Config(
+            "the account's credential contains characters not allowed in a header".into(),
+        )
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+/// The URL an endpoint maps to for an account (see the crate docs).
+pub fn request_url(
+    account: &AccountState,
+    endpoint: Endpoint,
+    codex_version: &str,
+) -> Result<String, UpstreamError> {
+    let a = &account.account;
+    match a.spec.provider {
+        Provider::Codex => {
+            let base = codex_base_url(a.spec.base_url.as_deref());
+            Ok(match endpoint {
+                Endpoint::Models => format!("{base}/models?client_version={codex_version}"),
+                e => format!("{base}{}", e.path()),
+            })
+        }
+        Provider::OpenAi => {
+            let base = a
+                .spec
+                .base_url
+                .as_deref()
+                .unwrap_or(OPENAI_DEFAULT_BASE_URL)
+                .trim_end_matches('/');
+            Ok(format!("{base}{}", endpoint.path()))
+        }
+        p => Err(UpstreamError::Unsupported {
+            provider: p.as_str(),
+            endpoint: endpoint.as_str(),
+        }),
+    }
+}
+
+fn build_client(
+    cfg: &UpstreamConfig,
+    proxy: Option<&str>,
+) -> Result<reqwest::Client, UpstreamError> {
+    let mut b = reqwest::Client::builder()
+        .http1_only()
+        .tcp_nodelay(true)
+        .connect_timeout(cfg.connect_timeout)
+        .pool_idle_timeout(cfg.pool_idle_timeout)
+        .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+        .tcp_keepalive(cfg.tcp_keepalive)
+        // Upstream redirects are never part of these APIs; following one could leak the
+        // bearer to another host.
+        .redirect(reqwest::redirect::Policy::none());
+    b = match proxy {
+        // The account's proxy only; environment proxies would make routing depend on the
+        // process environment.
+        None => b.no_proxy(),
+        Some(url) => b.proxy(reqwest::Proxy::all(url).map_err(|_| {
+            UpstreamError::Config("the account's proxy_url is not a valid proxy URL".into())
+        })?),
+    };
+    b.build().map_err(|e| {
+        UpstreamError::Config(format!(
+            "cannot build the HTTP client: {}",
+            error::chain(&e)
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use poolgate_core::{Account, AccountSpec, AccountStatus, ManagedBy, Secret};
+
+    fn account(provider: Provider, base: Option<&str>) -> AccountState {
+        let mut spec = AccountSpec::new(provider, "a");
+        spec.base_url = base.map(str::to_string);
+        AccountState {
+            account: Account {
+                id: "acc_1".into(),
+                spec,
+                status: AccountStatus::Active,
+                status_reason: None,
+                identity: None,
+                managed_by: ManagedBy::Api,
+                managed_ref: None,
+                has_credentials: true,
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            },
+            credentials: Some(Credentials::ApiKey {
+                key: Secret::new("sk-test"),
+            }),
+            usage: None,
+            cooldown_until_ms: None,
+        }
+    }
+
+    #[test]
+    fn url_mapping() {
+        let c = account(Provider::Codex, None);
+        assert_eq!(
+            request_url(&c, Endpoint::Responses, "0.130.0").unwrap(),
+            "https://chatgpt.com/backend-api/codex/responses"
+        );
+        assert_eq!(
+            request_url(&c, Endpoint::ResponsesCompact, "0.130.0").unwrap(),
+            "https://chatgpt.com/backend-api/codex/responses/compact"
+        );
+        assert_eq!(
+            request_url(&c, Endpoint::Models, "0.130.0").unwrap(),
+            "https://chatgpt.com/backend-api/codex/models?client_version=0.130.0"
+        );
+        let bare = account(Provider::Codex, Some("https://chatgpt.com/"));
+        assert_eq!(
+            request_url(&bare, Endpoint::Responses, "1").unwrap(),
+            "https://chatgpt.com/backend-api/codex/responses"
+        );
+        let mock = account(Provider::Codex, Some("http://127.0.0.1:9/codex/"));
+        assert_eq!(
+            request_url(&mock, Endpoint::Responses, "1").unwrap(),
+            "http://127.0.0.1:9/codex/responses"
+        );
+        let o = account(Provider::OpenAi, None);
+        assert_eq!(
+            request_url(&o, Endpoint::ChatCompletions, "1").unwrap(),
+            "https://api.openai.com/v1/chat/completions"
+        );
+        let o = account(Provider::OpenAi, Some("http://127.0.0.1:9/v1/"));
+        assert_eq!(
+            request_url(&o, Endpoint::Responses, "1").unwrap(),
+            "http://127.0.0.1:9/v1/responses"
+        );
+        assert!(matches!(
+            request_url(
+                &account(Provider::Anthropic, None),
+                Endpoint::Responses,
+                "1"
+            ),
+            Err(UpstreamError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn bearer_is_sensitive_and_rejects_bad_bytes() {
+        let v = bearer("tok").unwrap();
+        assert!(v.is_sensitive());
+        assert_eq!(v.to_str().unwrap(), "Bearer tok");
+        let e = bearer("bad\nvalue").unwrap_err();
+        assert!(!e.to_string().contains("bad"));
+    }
+}

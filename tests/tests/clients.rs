@@ -1,0 +1,608 @@
+//! Real clients through `poolgate standalone` to the mock upstream: the openai Python SDK
+//! (chat completions and responses, streamed and not, on a Codex account and on an OpenAI
+//! API-key account) and the Codex CLI (`codex exec` with a custom Responses provider).
+//!
+//! Each client path is deterministic: one platform key may route only to the `codex` account
+//! group, the other only to `openai`, and each group holds one account. A missing client fails
+//! the test with install instructions (`bash scripts/test.sh` installs both).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use poolgate_e2e::{
+    Output, Poolctl, Poolgate, Secret, clean_command, codex_cli, http_request, leaked_in,
+    openai_python, random_b64, run_timeout, wait_until,
+};
+use poolgate_testkit::mock::{MockUpstream, RecordedRequest};
+use serde_json::{Value, json};
+
+/// A model both mock catalogs list.
+const MODEL: &str = "gpt-5.4-mini";
+/// What a client may take for its whole run (first starts of the Codex CLI can be slow).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the gateway may take to see a change, or the control plane to store a log.
+const PROPAGATION: Duration = Duration::from_secs(30);
+/// The Codex backend path on the mock.
+const CODEX_RESPONSES: &str = "/backend-api/codex/responses";
+
+/// The Codex account, as the mock issued its login.
+struct CodexRoute {
+    account_id: String,
+    key_id: String,
+    key: String,
+    /// `chatgpt_account_id` of the login: the upstream's `chatgpt-account-id` header.
+    workspace: String,
+    access_token: String,
+}
+
+/// The OpenAI API-key account.
+struct OpenAiRoute {
+    account_id: String,
+    key_id: String,
+    key: String,
+    api_key: String,
+}
+
+/// The mock upstream, `poolgate standalone` wired to it, and one key per account kind.
+/// Fields drop in order: the processes and the mock stop before the runtime serving the mock.
+struct Stack {
+    pg: Poolgate,
+    admin: Poolctl,
+    mock: MockUpstream,
+    codex: CodexRoute,
+    openai: OpenAiRoute,
+    /// Everything that must never show in a log or reach the wrong upstream.
+    secrets: Vec<Secret>,
+    tmp: tempfile::TempDir,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn created_key(admin: &Poolctl, name: &str, group: &str) -> (String, String) {
+    let created = admin
+        .json(&["create", "key", "--name", name, "--group", group])
+        .unwrap();
+    let pk = &created["platform_key"];
+    assert_eq!(pk["account_groups"], json!([group]), "{pk}");
+    (
+        pk["id"].as_str().unwrap().to_string(),
+        created["key"].as_str().unwrap().to_string(),
+    )
+}
+
+impl Stack {
+    fn start() -> Stack {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let mock = rt.block_on(MockUpstream::start()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let pg = Poolgate::standalone(&data).unwrap();
+        let admin = Poolctl::new(pg.url(), Some(&data.join("admin.token"))).unwrap();
+
+        // A ChatGPT login minted by the mock, imported as the Codex CLI stores it.
+        let workspace = format!("ws-e2e-{}", random_b64(6).unwrap());
+        let tokens = mock.issue_tokens("codex-e2e@example.test", &workspace);
+        let auth_json = tmp.path().join("auth.json");
+        let doc = json!({
+            "OPENAI_API_KEY": null,
+            "tokens": {
+                "id_token": tokens.id_token,
+                "access_token": tokens.access_token,
+                "refresh_token": tokens.refresh_token,
+                "account_id": tokens.account_id,
+            },
+            "last_refresh": "2026-01-01T00:00:00Z",
+        });
+        std::fs::write(&auth_json, doc.to_string()).unwrap();
+        let imported = admin
+            .json(&[
+                "import",
+                "accounts",
+                auth_json.to_str().unwrap(),
+                "--group",
+                "codex",
+            ])
+            .unwrap();
+        let item = &imported["results"][0];
+        assert_eq!(item["outcome"], "created", "{imported:#}");
+        let codex_account = item["account_id"].as_str().unwrap().to_string();
+        let updated = admin
+            .json(&[
+                "update",
+                "account",
+                &codex_account,
+                "--base-url",
+                &mock.codex_base_url(),
+            ])
+            .unwrap();
+        assert_eq!(updated["group"], "codex", "{updated:#}");
+        assert_eq!(
+            updated["effective_base_url"],
+            mock.codex_base_url().as_str(),
+            "{updated:#}"
+        );
+
+        // An OpenAI API-key account on the mock's /v1.
+        let api_key = format!("sk-e2e-{}", random_b64(24).unwrap());
+        let key_file = tmp.path().join("openai.key");
+        std::fs::write(&key_file, format!("{api_key}\n")).unwrap();
+        let openai_account = admin
+            .json(&[
+                "create",
+                "account",
+                "--provider",
+                "openai",
+                "--name",
+                "openai-e2e",
+                "--api-key-file",
+                key_file.to_str().unwrap(),
+                "--group",
+                "openai",
+                "--base-url",
+                &mock.openai_base_url(),
+            ])
+            .unwrap();
+        let openai_account_id = openai_account["id"].as_str().unwrap().to_string();
+
+        let (codex_key_id, codex_key) = created_key(&admin, "codex-clients", "codex");
+        let (openai_key_id, openai_key) = created_key(&admin, "openai-clients", "openai");
+
+        let mut secrets = Vec::new();
+        for (label, value) in [
+            ("codex access token", &tokens.access_token),
+            ("codex refresh token", &tokens.refresh_token),
+            ("codex id token", &tokens.id_token),
+            ("OpenAI API key", &api_key),
+            ("codex-group platform key", &codex_key),
+            ("openai-group platform key", &openai_key),
+        ] {
+            secrets.push(Secret {
+                label: label.into(),
+                value: value.clone(),
+            });
+        }
+
+        let stack = Stack {
+            pg,
+            admin,
+            mock,
+            codex: CodexRoute {
+                account_id: codex_account,
+                key_id: codex_key_id,
+                key: codex_key,
+                workspace,
+                access_token: tokens.access_token,
+            },
+            openai: OpenAiRoute {
+                account_id: openai_account_id,
+                key_id: openai_key_id,
+                key: openai_key,
+                api_key,
+            },
+            secrets,
+            tmp,
+            _rt: rt,
+        };
+        // Keys were created last: once the gateway knows both, its snapshot also has the
+        // accounts with their base URLs (deltas apply in order).
+        for key in [&stack.codex.key, &stack.openai.key] {
+            let auth = format!("Bearer {key}");
+            wait_until(
+                "the gateway accepting a new key",
+                PROPAGATION,
+                || match http_request(
+                    stack.pg.gateway,
+                    "GET",
+                    "/v1/models",
+                    &[("Authorization", &auth)],
+                ) {
+                    Ok((200, _)) => Ok(()),
+                    Ok((status, text)) => Err(format!("{status}: {text}")),
+                    Err(e) => Err(e.to_string()),
+                },
+            )
+            .unwrap();
+        }
+        stack.mock.clear_requests();
+        stack
+    }
+
+    fn secret(&self, label: &str) -> Vec<Secret> {
+        self.secrets
+            .iter()
+            .filter(|s| s.label == label)
+            .cloned()
+            .collect()
+    }
+
+    /// Request-log records by id, once every one of `ids` has been stored.
+    fn logs_with(&self, ids: &[String]) -> BTreeMap<String, Value> {
+        wait_until("request logs for every request", PROPAGATION, || {
+            let logs = self
+                .admin
+                .json(&["get", "logs", "--limit", "1000"])
+                .map_err(|e| e.to_string())?;
+            let by_id: BTreeMap<String, Value> = logs
+                .as_array()
+                .ok_or("logs are not an array")?
+                .iter()
+                .map(|r| (r["id"].as_str().unwrap_or_default().to_string(), r.clone()))
+                .collect();
+            let missing: Vec<&String> = ids.iter().filter(|id| !by_id.contains_key(*id)).collect();
+            if missing.is_empty() {
+                Ok(by_id)
+            } else {
+                Err(format!("missing {missing:?} among {logs}"))
+            }
+        })
+        .unwrap()
+    }
+
+    /// The gateway's own log never carries a credential or a platform key.
+    fn assert_logs_clean(&self) {
+        let logs = self.pg.logs();
+        assert!(
+            logs.contains("gateway_listen="),
+            "the poolgate log looks empty:\n{logs}"
+        );
+        let leaks = leaked_in(logs.as_bytes(), &self.secrets);
+        assert!(leaks.is_empty(), "the poolgate log carries {leaks:?}");
+    }
+}
+
+/// A client process: no `POOLGATE_*`, `OPENAI_*` or `CODEX_*` settings from the caller.
+fn client_command(program: &Path) -> Command {
+    let mut c = clean_command(program);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("OPENAI_") || k.starts_with("CODEX_") || k == "RUST_LOG" {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// Headers and body of a recorded upstream request, as one text to scan for secrets.
+fn raw(req: &RecordedRequest) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in &req.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(&req.body);
+    out
+}
+
+/// The upstream request is what the Codex backend accepts: the account's OAuth token and
+/// workspace, `store: false`, `stream: true`, non-empty instructions, and nothing of the
+/// client's own credentials or SDK fingerprint.
+fn assert_codex_shaped(stack: &Stack, req: &RecordedRequest, what: &str) {
+    let body = req
+        .json()
+        .unwrap_or_else(|| panic!("{what}: the upstream body is not JSON"));
+    let summary = format!(
+        "{what}: {} {} headers {:?} body keys {:?}",
+        req.method,
+        req.path,
+        req.headers.keys().map(|n| n.as_str()).collect::<Vec<_>>(),
+        body.as_object().map(|o| o.keys().collect::<Vec<_>>())
+    );
+    assert_eq!(
+        req.header("authorization"),
+        Some(format!("Bearer {}", stack.codex.access_token).as_str()),
+        "{summary}: not the account's access token"
+    );
+    assert_eq!(
+        req.header("chatgpt-account-id"),
+        Some(stack.codex.workspace.as_str()),
+        "{summary}"
+    );
+    assert_eq!(body["store"], json!(false), "{summary}");
+    assert_eq!(body["stream"], json!(true), "{summary}");
+    assert!(
+        body["instructions"]
+            .as_str()
+            .is_some_and(|s| !s.trim().is_empty()),
+        "{summary}: instructions {:?}",
+        body.get("instructions")
+    );
+    assert!(
+        !req.headers
+            .keys()
+            .any(|n| n.as_str().starts_with("x-stainless")),
+        "{summary}: SDK fingerprint headers reached the Codex backend"
+    );
+    let mut foreign = stack.secret("codex-group platform key");
+    foreign.extend(stack.secret("openai-group platform key"));
+    foreign.extend(stack.secret("OpenAI API key"));
+    let leaks = leaked_in(&raw(req), &foreign);
+    assert!(leaks.is_empty(), "{summary}: carries {leaks:?}");
+}
+
+/// The last user message text of a Responses body.
+fn last_user_text(body: &Value) -> Option<String> {
+    body["input"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|i| i["role"] == "user")
+        .map(|i| match &i["content"] {
+            Value::String(s) => s.clone(),
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p["text"].as_str())
+                .collect::<Vec<_>>()
+                .join(""),
+            _ => String::new(),
+        })
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(name)
+}
+
+#[test]
+fn openai_python_sdk_chat_and_responses_through_both_account_kinds() {
+    // Before any setup: a missing SDK fails here, saying how to install it.
+    let python = openai_python().unwrap();
+    let stack = Stack::start();
+
+    let keys = json!({"codex": stack.codex.key, "openai": stack.openai.key});
+    let out: Output = run_timeout(
+        client_command(&python)
+            .arg(script("openai_sdk.py"))
+            .env("POOLGATE_BASE_URL", stack.pg.openai_base_url())
+            .env("POOLGATE_KEYS", keys.to_string())
+            .env("POOLGATE_MODEL", MODEL),
+        None,
+        CLIENT_TIMEOUT,
+    )
+    .unwrap();
+    assert!(
+        out.success(),
+        "the openai SDK script failed: {out}\npoolgate log:\n{}",
+        stack.pg.logs()
+    );
+    let report = out.json().unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 8, "{report:#}");
+
+    let mut ids = Vec::new();
+    for r in results {
+        let label = r["label"].as_str().unwrap();
+        let api = r["api"].as_str().unwrap();
+        let stream = r["stream"].as_bool().unwrap();
+        let what = format!("{label} {api} stream={stream}: {r}");
+        let prompt = r["prompt"].as_str().unwrap();
+        assert_eq!(r["text"], format!("echo: {prompt}"), "{what}");
+        let (input, output, total) = (
+            r["input_tokens"].as_u64().unwrap_or(0),
+            r["output_tokens"].as_u64().unwrap_or(0),
+            r["total_tokens"].as_u64().unwrap_or(0),
+        );
+        assert!(input > 0 && output > 0, "{what}: no usage");
+        assert_eq!(total, input + output, "{what}");
+        match (api, stream) {
+            ("chat", false) => assert_eq!(r["finish_reason"], "stop", "{what}"),
+            ("chat", true) => {
+                assert_eq!(r["finish_reason"], "stop", "{what}");
+                // The mock answers in four deltas: a stream, not one aggregated chunk.
+                assert!(r["chunks"].as_u64().unwrap() >= 4, "{what}");
+            }
+            ("responses", false) => assert_eq!(r["status"], "completed", "{what}"),
+            ("responses", true) => {
+                assert_eq!(r["status"], "completed", "{what}");
+                assert_eq!(r["completed_text"], r["text"], "{what}");
+                let types: Vec<&str> = r["event_types"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect();
+                assert_eq!(types.first(), Some(&"response.created"), "{what}");
+                assert_eq!(types.last(), Some(&"response.completed"), "{what}");
+                let deltas = types
+                    .iter()
+                    .filter(|t| **t == "response.output_text.delta")
+                    .count();
+                assert!(deltas >= 4, "{what}");
+            }
+            _ => panic!("unexpected call {what}"),
+        }
+        let id = r["request_id"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| panic!("{what}: no x-request-id"));
+        ids.push(id.to_string());
+    }
+
+    // One request-log record per SDK call, on the account its key allows, with the usage
+    // the client was told.
+    let logs = stack.logs_with(&ids);
+    for (r, id) in results.iter().zip(&ids) {
+        let rec = &logs[id];
+        let what = format!(
+            "log of {} {} stream={}: {rec}",
+            r["label"], r["api"], r["stream"]
+        );
+        let (account, key) = match r["label"].as_str().unwrap() {
+            "codex" => (&stack.codex.account_id, &stack.codex.key_id),
+            _ => (&stack.openai.account_id, &stack.openai.key_id),
+        };
+        assert_eq!(rec["status"], 200, "{what}");
+        assert_eq!(rec["account_id"], account.as_str(), "{what}");
+        assert_eq!(rec["key_id"], key.as_str(), "{what}");
+        assert_eq!(rec["model"], MODEL, "{what}");
+        let path = match r["api"].as_str().unwrap() {
+            "chat" => "/v1/chat/completions",
+            _ => "/v1/responses",
+        };
+        assert_eq!(rec["path"], path, "{what}");
+        let attempts = rec["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "{what}");
+        assert_eq!(attempts[0]["status"], 200, "{what}");
+        assert_eq!(rec["input_tokens"], r["input_tokens"], "{what}");
+        assert_eq!(rec["output_tokens"], r["output_tokens"], "{what}");
+    }
+
+    // The upstream side: four requests reached each account, each with that account's own
+    // credential, and the Codex ones in the shape the Codex backend requires.
+    let codex_reqs = stack.mock.requests_to(CODEX_RESPONSES);
+    assert_eq!(codex_reqs.len(), 4, "requests to the Codex backend");
+    for (i, req) in codex_reqs.iter().enumerate() {
+        assert_codex_shaped(&stack, req, &format!("Codex upstream request {i}"));
+    }
+    let mut openai_reqs = stack.mock.requests_to("/v1/chat/completions");
+    assert_eq!(openai_reqs.len(), 2, "chat requests to the OpenAI upstream");
+    openai_reqs.extend(stack.mock.requests_to("/v1/responses"));
+    assert_eq!(openai_reqs.len(), 4, "requests to the OpenAI upstream");
+    let mut foreign = stack.secret("codex-group platform key");
+    foreign.extend(stack.secret("openai-group platform key"));
+    foreign.extend(stack.secret("codex access token"));
+    for req in &openai_reqs {
+        assert_eq!(
+            req.header("authorization"),
+            Some(format!("Bearer {}", stack.openai.api_key).as_str()),
+            "OpenAI upstream {} without the account's API key",
+            req.path
+        );
+        let leaks = leaked_in(&raw(req), &foreign);
+        assert!(leaks.is_empty(), "OpenAI upstream {}: {leaks:?}", req.path);
+    }
+    stack.assert_logs_clean();
+}
+
+#[test]
+fn codex_cli_completes_a_turn_through_the_gateway() {
+    // Before any setup: a missing CLI fails here, saying how to install it.
+    let codex = codex_cli().unwrap();
+    let stack = Stack::start();
+    let home = stack.tmp.path().join("codex-home");
+    let work = stack.tmp.path().join("work");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+
+    let prompt = format!(
+        "answer the poolgate end-to-end check {}",
+        random_b64(6).unwrap()
+    );
+    let provider = |field: &str, value: &str| format!("model_providers.poolgate.{field}={value}");
+    let out = run_timeout(
+        client_command(&codex)
+            .current_dir(&work)
+            .env("HOME", &home)
+            .env("CODEX_HOME", &home)
+            .env("POOLGATE_E2E_KEY", &stack.codex.key)
+            .args(["exec", "--json", "--skip-git-repo-check", "-s", "read-only"])
+            .args(["-c", "model_provider=\"poolgate\""])
+            .args(["-c", &provider("name", "\"poolgate\"")])
+            .args([
+                "-c",
+                &provider("base_url", &format!("\"{}\"", stack.pg.openai_base_url())),
+            ])
+            .args(["-c", &provider("env_key", "\"POOLGATE_E2E_KEY\"")])
+            .args(["-c", &provider("wire_api", "\"responses\"")])
+            // One request per turn: a failure shows at once instead of after backoffs.
+            .args(["-c", &provider("request_max_retries", "0")])
+            .args(["-c", &provider("stream_max_retries", "0")])
+            .args(["-m", MODEL, &prompt]),
+        None,
+        CLIENT_TIMEOUT,
+    )
+    .unwrap();
+    let diagnose = || {
+        let upstream: Vec<String> = stack
+            .mock
+            .requests()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} instructions={:?}",
+                    r.method,
+                    r.path,
+                    r.json().map(|b| b.get("instructions").is_some())
+                )
+            })
+            .collect();
+        format!(
+            "codex exec: {out}\nupstream requests: {upstream:?}\npoolgate log:\n{}",
+            stack.pg.logs()
+        )
+    };
+    assert!(out.success(), "{}", diagnose());
+
+    // `--json` prints one event per line.
+    let events: Vec<Value> = out
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{out}")))
+        .collect();
+    let failed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "error" || e["type"] == "turn.failed")
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}\n{}", diagnose());
+    let replies: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "item.completed" && e["item"]["type"] == "agent_message")
+        .filter_map(|e| e["item"]["text"].as_str())
+        .collect();
+    assert_eq!(replies, [format!("echo: {prompt}")], "{}", diagnose());
+    let completed = events
+        .iter()
+        .find(|e| e["type"] == "turn.completed")
+        .unwrap_or_else(|| panic!("no turn.completed: {}", diagnose()));
+    assert!(
+        completed["usage"]["output_tokens"].as_u64().unwrap_or(0) > 0,
+        "the mock's usage did not reach the CLI: {completed}"
+    );
+
+    // The mock saw a Codex-shaped turn carrying the prompt.
+    let turns = stack.mock.requests_to(CODEX_RESPONSES);
+    assert!(!turns.is_empty(), "{}", diagnose());
+    for (i, req) in turns.iter().enumerate() {
+        assert_codex_shaped(&stack, req, &format!("Codex CLI upstream request {i}"));
+    }
+    let last = turns.last().unwrap().json().unwrap();
+    assert_eq!(last_user_text(&last).as_deref(), Some(prompt.as_str()));
+
+    // And the control plane logged each of them as a success on the Codex account.
+    let logs = wait_until("request logs of the Codex CLI turn", PROPAGATION, || {
+        let logs = stack
+            .admin
+            .json(&["get", "logs", "--key", &stack.codex.key_id])
+            .map_err(|e| e.to_string())?;
+        let turns_logged: Vec<Value> = logs
+            .as_array()
+            .ok_or("logs are not an array")?
+            .iter()
+            .filter(|r| r["path"] == "/v1/responses")
+            .cloned()
+            .collect();
+        if turns_logged.len() >= turns.len() {
+            Ok(turns_logged)
+        } else {
+            Err(format!(
+                "{} of {} turns logged: {logs}",
+                turns_logged.len(),
+                turns.len()
+            ))
+        }
+    })
+    .unwrap();
+    assert_eq!(logs.len(), turns.len(), "{logs:?}");
+    for rec in &logs {
+        assert_eq!(rec["status"], 200, "{rec}");
+        assert_eq!(rec["account_id"], stack.codex.account_id.as_str(), "{rec}");
+        assert!(rec["output_tokens"].as_u64().unwrap_or(0) > 0, "{rec}");
+    }
+    stack.assert_logs_clean();
+}
