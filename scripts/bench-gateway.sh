@@ -8,7 +8,8 @@
 # Loopback only; every process it starts is stopped on exit. The load generator and the
 # servers share the machine's cores (nothing is pinned): read ratios, not absolute figures.
 #
-# Usage: scripts/bench-gateway.sh            (about 5-8 minutes once the release build is cached)
+# Usage: scripts/bench-gateway.sh     (4-5 minutes once the release build is cached; a cold
+#        release build of the workspace adds several minutes)
 # Knobs (environment): BENCH_RATE (1000), BENCH_LATENCY_SECS (15), BENCH_STREAMS (1000),
 #   BENCH_ACCOUNTS (10000), BENCH_KEYS (100000), BENCH_CONNECTIONS (32), BENCH_JSON (a path
 #   for the figures as JSON), BENCH_KEEP=1 keeps the temp dir (logs, configs).
