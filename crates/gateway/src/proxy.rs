@@ -657,14 +657,7 @@ impl Call {
         let now = now_ms();
         let rotation = self.gw.shared.rotation(&view.router, &req);
         let mut rng = SplitMix64::new(random_u64());
-        let plan = view.router.plan(
-            &view.accounts,
-            &req,
-            &Cells(&view.cells),
-            now,
-            rotation,
-            &mut rng,
-        );
+        let plan = view.plan(&req, &Cells(&view.cells), now, rotation, &mut rng);
         // Counted by reason, not per account: a large pool skips thousands per request.
         let skipped = plan.summary();
         for (reason, n) in [

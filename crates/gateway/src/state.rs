@@ -4,6 +4,7 @@
 //! cooldowns).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -13,8 +14,8 @@ use futures::StreamExt;
 use poolgate_core::snapshot::{AccountState, Delta, Snapshot};
 use poolgate_core::{AccountStatus, StatusReason, UnixMillis};
 use poolgate_routing::{
-    AccountHealth, AttemptSkip, BalancedCursor, Cooldown, HealthSource, Load, Outcome,
-    RouteAccount, Router, routing_order,
+    AccountHealth, AttemptSkip, BalancedCursor, Cooldown, HealthSource, Load, Outcome, Plan,
+    Prefilter, ProviderSet, Rng, RouteAccount, RouteRequest, Router, routing_order,
 };
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
@@ -24,6 +25,11 @@ use crate::source::SnapshotSource;
 
 /// Rotation counters kept for `balanced` (key, model) pairs.
 const CURSOR_CAPACITY: usize = 4096;
+
+/// Prefilters a view keeps, one per (model, allowed groups, providers) seen. Each holds at
+/// most one index or skip per account; past the cap the cache starts over, which costs one
+/// full eligibility scan per request shape.
+const PREFILTER_CAPACITY: usize = 256;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding one of these short locks cannot leave the data half-written
@@ -131,11 +137,104 @@ pub(crate) struct View {
     pub states: Vec<Arc<AccountState>>,
     pub cells: Vec<Arc<HealthCell>>,
     pub router: Router,
+    /// The time-independent part of eligibility per request shape, for this view's accounts
+    /// only: a new snapshot builds a new view and so starts with an empty cache.
+    prefilters: Mutex<PrefilterCache>,
+}
+
+/// What a prefilter depends on, besides the accounts.
+#[derive(Debug, PartialEq, Eq)]
+struct PrefilterKey {
+    model: String,
+    groups: Vec<String>,
+    providers: ProviderSet,
+}
+
+impl PrefilterKey {
+    fn matches(&self, req: &RouteRequest<'_>) -> bool {
+        self.model == req.model
+            && self.groups.as_slice() == req.allowed_groups
+            && self.providers == req.providers
+    }
+}
+
+/// Keyed by a hash of the request shape so a lookup allocates nothing; the stored key
+/// settles collisions.
+#[derive(Default)]
+struct PrefilterCache {
+    hasher: RandomState,
+    entries: HashMap<u64, (PrefilterKey, Arc<Prefilter>)>,
 }
 
 impl View {
+    fn new(
+        snapshot: Snapshot,
+        accounts: Vec<RouteAccount>,
+        states: Vec<Arc<AccountState>>,
+        cells: Vec<Arc<HealthCell>>,
+        router: Router,
+    ) -> Self {
+        View {
+            snapshot,
+            accounts,
+            states,
+            cells,
+            router,
+            prefilters: Mutex::new(PrefilterCache::default()),
+        }
+    }
+
     pub fn version(&self) -> i64 {
         self.snapshot.version
+    }
+
+    /// [`Router::plan`] over this view's accounts, with the time-independent eligibility
+    /// rules taken from the cache: the same plan, without rescanning the whole pool for
+    /// every request.
+    pub fn plan<H: HealthSource + ?Sized>(
+        &self,
+        req: &RouteRequest<'_>,
+        health: &H,
+        now_ms: UnixMillis,
+        rotation: u64,
+        rng: &mut impl Rng,
+    ) -> Plan {
+        let pre = self.prefilter(req);
+        self.router
+            .plan_prefiltered(&self.accounts, &pre, req, health, now_ms, rotation, rng)
+    }
+
+    fn prefilter(&self, req: &RouteRequest<'_>) -> Arc<Prefilter> {
+        let hash = {
+            let cache = lock(&self.prefilters);
+            let hash = cache
+                .hasher
+                .hash_one((req.model, req.allowed_groups, req.providers));
+            if let Some((key, pre)) = cache.entries.get(&hash)
+                && key.matches(req)
+            {
+                return pre.clone();
+            }
+            hash
+        };
+        // Built outside the lock: other requests keep using the cache meanwhile.
+        let pre = Arc::new(Prefilter::new(&self.accounts, req));
+        let mut cache = lock(&self.prefilters);
+        if cache.entries.len() >= PREFILTER_CAPACITY && !cache.entries.contains_key(&hash) {
+            cache.entries.clear();
+        }
+        let key = PrefilterKey {
+            model: req.model.to_string(),
+            groups: req.allowed_groups.to_vec(),
+            providers: req.providers,
+        };
+        cache.entries.insert(hash, (key, pre.clone()));
+        pre
+    }
+
+    #[cfg(test)]
+    fn cached_prefilters(&self) -> usize {
+        lock(&self.prefilters).entries.len()
     }
 }
 
@@ -257,13 +356,7 @@ impl Shared {
         drop(cells_by_id);
         let router = Router::new((*snapshot.policy).clone());
         let (accounts, states) = accounts.into_iter().unzip();
-        View {
-            snapshot,
-            accounts,
-            states,
-            cells,
-            router,
-        }
+        View::new(snapshot, accounts, states, cells, router)
     }
 }
 
@@ -414,6 +507,122 @@ mod tests {
                 })
                 .is_err()
         );
+    }
+
+    #[test]
+    fn cached_prefilters_plan_like_the_router_and_start_over_per_snapshot() {
+        use poolgate_routing::SplitMix64;
+        let shared = Shared::new(Arc::new(Metrics::new()));
+        let mut filtered = state("f", 0);
+        filtered.account.spec.model_filter = vec!["gpt-5*".into()];
+        let mut batch = state("g", 0);
+        batch.account.spec.group = "batch".into();
+        let mut limited = state("q", 2);
+        limited.usage = Some(poolgate_core::UsageSnapshot {
+            primary: Some(poolgate_core::UsageWindow {
+                used_percent: 100.0,
+                window_minutes: 300,
+                resets_at_ms: Some(5_000),
+            }),
+            secondary: None,
+            extra: vec![],
+            captured_at_ms: 0,
+        });
+        shared
+            .apply(Delta {
+                version: 1,
+                full: true,
+                upsert_accounts: vec![state("b", 1), filtered, state("a", 0), batch, limited],
+                ..Default::default()
+            })
+            .unwrap();
+        let v1 = shared.view().unwrap();
+        let groups = vec!["default".to_string()];
+        let requests = [
+            RouteRequest::new("gpt-5", "k"),
+            RouteRequest::new("o3", "k"),
+            RouteRequest {
+                allowed_groups: &groups,
+                anchor: Some("k:conv"),
+                ..RouteRequest::new("gpt-5", "k")
+            },
+            RouteRequest {
+                providers: ProviderSet::of(&[Provider::Anthropic]),
+                ..RouteRequest::new("gpt-5", "k")
+            },
+        ];
+        let plan = |v: &View, req: &RouteRequest<'_>, now: UnixMillis| {
+            let cached = v.plan(req, &Cells(&v.cells), now, 3, &mut SplitMix64::new(9));
+            let full = v.router.plan(
+                &v.accounts,
+                req,
+                &Cells(&v.cells),
+                now,
+                3,
+                &mut SplitMix64::new(9),
+            );
+            assert_eq!(cached, full, "{req:?} at {now}");
+            cached
+        };
+        // Twice each (a miss then a hit), before and after the quota window resets.
+        for now in [1_000, 1_000, 6_000] {
+            for req in &requests {
+                plan(&v1, req, now);
+            }
+        }
+        assert_eq!(v1.cached_prefilters(), requests.len());
+        assert!(Arc::ptr_eq(
+            &v1.prefilter(&requests[0]),
+            &v1.prefilter(&requests[0])
+        ));
+        let q = v1.accounts.iter().position(|a| a.id == "q").unwrap();
+        let p = plan(&v1, &requests[0], 1_000);
+        assert!(
+            p.candidates.iter().all(|c| c.index != q),
+            "exhausted until 5s"
+        );
+        let p = plan(&v1, &requests[0], 6_000);
+        assert!(p.candidates.iter().any(|c| c.index == q), "reset since");
+
+        // A new snapshot disables `a`: the new view starts empty and plans without it.
+        let mut disabled = state("a", 0);
+        disabled.account.spec.enabled = false;
+        shared
+            .apply(Delta {
+                version: 2,
+                upsert_accounts: vec![disabled],
+                ..Default::default()
+            })
+            .unwrap();
+        let v2 = shared.view().unwrap();
+        assert_eq!(v2.cached_prefilters(), 0);
+        let p = plan(&v2, &requests[0], 1_000);
+        let a = v2.accounts.iter().position(|x| x.id == "a").unwrap();
+        assert!(p.candidates.iter().all(|c| c.index != a));
+        assert_eq!(p.summary().disabled, 1);
+        assert_eq!(v2.cached_prefilters(), 1);
+        // The old view keeps its own cache for requests still using it.
+        assert_eq!(v1.cached_prefilters(), requests.len());
+    }
+
+    #[test]
+    fn the_prefilter_cache_is_bounded() {
+        let shared = Shared::new(Arc::new(Metrics::new()));
+        shared
+            .apply(Delta {
+                version: 1,
+                full: true,
+                upsert_accounts: vec![state("a", 0)],
+                ..Default::default()
+            })
+            .unwrap();
+        let v = shared.view().unwrap();
+        for i in 0..(PREFILTER_CAPACITY * 2 + 1) {
+            let model = format!("m{i}");
+            v.prefilter(&RouteRequest::new(&model, "k"));
+            assert!(v.cached_prefilters() <= PREFILTER_CAPACITY);
+        }
+        assert!(v.cached_prefilters() >= 1);
     }
 
     #[test]

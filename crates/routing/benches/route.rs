@@ -8,8 +8,8 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use poolgate_core::{Provider, RoutingPolicy, Strategy, UsageSnapshot, UsageWindow};
 use poolgate_routing::{
-    AccountHealth, BalancedCursor, Outcome, RouteAccount, RouteRequest, Router, SplitMix64,
-    routing_order,
+    AccountHealth, BalancedCursor, Outcome, Prefilter, RouteAccount, RouteRequest, Router,
+    SplitMix64, routing_order,
 };
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -106,6 +106,34 @@ fn route(c: &mut Criterion) {
                         let rotation = router.rotation(&mut cursor, &req);
                         let plan = router.plan(
                             &accounts,
+                            &req,
+                            healths.as_slice(),
+                            NOW,
+                            rotation,
+                            &mut rng,
+                        );
+                        black_box(plan.candidates.first().copied())
+                    });
+                },
+            );
+            // As the gateway routes: the time-independent rules cached per request shape.
+            let shape = RouteRequest::new("gpt-5-codex", "key_1");
+            let pre = Prefilter::new(&accounts, &shape);
+            group.bench_with_input(
+                BenchmarkId::new(format!("{strategy}/anchored-prefiltered"), n),
+                &n,
+                |b, _| {
+                    b.iter(|| {
+                        turn += 1;
+                        let anchor = format!("conversation-{}", turn % 64);
+                        let req = RouteRequest {
+                            anchor: Some(&anchor),
+                            ..shape
+                        };
+                        let rotation = router.rotation(&mut cursor, &req);
+                        let plan = router.plan_prefiltered(
+                            &accounts,
+                            &pre,
                             &req,
                             healths.as_slice(),
                             NOW,

@@ -264,25 +264,43 @@ fn judge(
     guard: &QuotaGuard,
     now_ms: UnixMillis,
 ) -> Verdict {
-    if !a.enabled {
-        return Verdict::Skip(SkipReason::Disabled);
+    match judge_static(a, req) {
+        Some(reason) => Verdict::Skip(reason),
+        None => judge_quota(a, guard, now_ms),
     }
-    let quota_status = a.status == AccountStatus::Unavailable
-        && a.status_reason == Some(StatusReason::QuotaExhausted);
-    if a.status == AccountStatus::Unavailable && !quota_status {
-        return Verdict::Skip(SkipReason::Unavailable {
+}
+
+/// The rules that depend only on the account and the request's model, groups and
+/// providers, not on the time: what a [`Prefilter`] remembers.
+fn judge_static(a: &RouteAccount, req: &RouteRequest<'_>) -> Option<SkipReason> {
+    if !a.enabled {
+        return Some(SkipReason::Disabled);
+    }
+    if a.status == AccountStatus::Unavailable && !quota_status(a) {
+        return Some(SkipReason::Unavailable {
             reason: a.status_reason,
         });
     }
     if !req.allowed_groups.is_empty() && !req.allowed_groups.contains(&a.group) {
-        return Verdict::Skip(SkipReason::GroupNotAllowed);
+        return Some(SkipReason::GroupNotAllowed);
     }
     if !model_allowed(&a.model_filter, req.model) {
-        return Verdict::Skip(SkipReason::ModelNotAllowed);
+        return Some(SkipReason::ModelNotAllowed);
     }
     if !req.providers.contains(a.provider) {
-        return Verdict::Skip(SkipReason::ProtocolUnsupported);
+        return Some(SkipReason::ProtocolUnsupported);
     }
+    None
+}
+
+fn quota_status(a: &RouteAccount) -> bool {
+    a.status == AccountStatus::Unavailable && a.status_reason == Some(StatusReason::QuotaExhausted)
+}
+
+/// The time-dependent rules (quota windows and their resets), for an account that passed
+/// [`judge_static`].
+fn judge_quota(a: &RouteAccount, guard: &QuotaGuard, now_ms: UnixMillis) -> Verdict {
+    let quota_status = quota_status(a);
     let Some(usage) = a.usage.as_ref() else {
         return if quota_status {
             Verdict::Skip(SkipReason::QuotaExhausted { until_ms: None })
@@ -312,6 +330,44 @@ fn judge(
             five_hour_remaining: q.five,
             weekly_remaining: q.week,
         }),
+    }
+}
+
+/// The time-independent part of eligibility for one account list and one (model, allowed
+/// groups, providers): which accounts pass it, and why each other one does not. Build it
+/// once per snapshot and request shape, then [`Router::plan_prefiltered`] runs only the
+/// time-dependent checks over [`Prefilter::passed`].
+///
+/// Valid only for the account slice it was built from (same order) and a request with the
+/// same model, allowed groups and providers.
+///
+/// [`Router::plan_prefiltered`]: crate::Router::plan_prefiltered
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Prefilter {
+    passed: Vec<usize>,
+    skipped: Vec<Skipped>,
+}
+
+impl Prefilter {
+    pub fn new(accounts: &[RouteAccount], req: &RouteRequest<'_>) -> Self {
+        let mut p = Prefilter::default();
+        for (index, a) in accounts.iter().enumerate() {
+            match judge_static(a, req) {
+                Some(reason) => p.skipped.push(Skipped { index, reason }),
+                None => p.passed.push(index),
+            }
+        }
+        p
+    }
+
+    /// Indices (ascending) of the accounts that passed the time-independent rules.
+    pub fn passed(&self) -> &[usize] {
+        &self.passed
+    }
+
+    /// The accounts left out by the time-independent rules, in input order.
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.skipped
     }
 }
 
@@ -402,13 +458,63 @@ pub(crate) fn scan(
     guard: &QuotaGuard,
     now_ms: UnixMillis,
     skipped: &mut Vec<Skipped>,
+    keep: impl FnMut(usize, bool),
+) {
+    scan_with(
+        accounts.iter().enumerate(),
+        |a| judge(a, req, guard, now_ms),
+        skipped,
+        keep,
+    );
+}
+
+/// [`scan`] over a [`Prefilter`]'s survivors: only the time-dependent rules run, and the
+/// prefilter's skips are merged in so `skipped` ends up exactly as [`scan`] leaves it.
+pub(crate) fn scan_prefiltered(
+    accounts: &[RouteAccount],
+    pre: &Prefilter,
+    guard: &QuotaGuard,
+    now_ms: UnixMillis,
+    skipped: &mut Vec<Skipped>,
+    keep: impl FnMut(usize, bool),
+) {
+    let mut dynamic = Vec::new();
+    scan_with(
+        pre.passed
+            .iter()
+            .filter_map(|i| accounts.get(*i).map(|a| (*i, a))),
+        |a| judge_quota(a, guard, now_ms),
+        &mut dynamic,
+        keep,
+    );
+    // Both lists are in input order: a linear merge keeps the whole list so.
+    skipped.reserve(pre.skipped.len() + dynamic.len());
+    let (mut s, mut d) = (
+        pre.skipped.iter().peekable(),
+        dynamic.into_iter().peekable(),
+    );
+    loop {
+        let next = match (s.peek(), d.peek()) {
+            (Some(x), Some(y)) if x.index <= y.index => s.next().copied(),
+            (Some(_), Some(_)) | (None, Some(_)) => d.next(),
+            (Some(_), None) => s.next().copied(),
+            (None, None) => break,
+        };
+        skipped.extend(next);
+    }
+}
+
+fn scan_with<'a>(
+    accounts: impl Iterator<Item = (usize, &'a RouteAccount)>,
+    judge: impl Fn(&RouteAccount) -> Verdict,
+    skipped: &mut Vec<Skipped>,
     mut keep: impl FnMut(usize, bool),
 ) {
     let first_skip = skipped.len();
     let mut any_kept = false;
     let mut low: Vec<Skipped> = Vec::new();
-    for (index, a) in accounts.iter().enumerate() {
-        match judge(a, req, guard, now_ms) {
+    for (index, a) in accounts {
+        match judge(a) {
             Verdict::Skip(reason) => skipped.push(Skipped { index, reason }),
             Verdict::Pass { guard: None } => {
                 any_kept = true;

@@ -45,7 +45,7 @@ impl RouteAccount {
 
 /// The providers able to serve a request's protocol (e.g. Anthropic Messages needs a
 /// translator a provider may lack). A bit set over [`Provider::ALL`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ProviderSet(u8);
 
 impl ProviderSet {

@@ -27,7 +27,7 @@ pub mod score;
 pub use affinity::{anchor_hash, rendezvous_pick, rendezvous_weight};
 pub use cursor::BalancedCursor;
 pub use eligibility::{
-    Eligibility, Eligible, QuotaExhausted, SkipReason, SkipSummary, Skipped, eligibility,
+    Eligibility, Eligible, Prefilter, QuotaExhausted, SkipReason, SkipSummary, Skipped, eligibility,
 };
 pub use health::{
     AccountHealth, Cooldown, CooldownReason, HealthSource, Load, OFFENSE_MEMORY_MS, Outcome,

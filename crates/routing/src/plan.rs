@@ -6,8 +6,8 @@ use poolgate_core::{RoutingPolicy, Strategy, UnixMillis};
 use crate::affinity::{anchor_hash, rendezvous_weight};
 use crate::cursor::BalancedCursor;
 use crate::eligibility::{
-    Eligibility, QuotaExhausted, SkipSummary, Skipped, eligibility, quota_exhausted, scan,
-    tightest_used_fraction,
+    Eligibility, Prefilter, QuotaExhausted, SkipSummary, Skipped, eligibility, quota_exhausted,
+    scan, scan_prefiltered, tightest_used_fraction,
 };
 use crate::health::{AccountHealth, Cooldown, HealthSource, Load, Outcome};
 use crate::input::{RouteAccount, RouteRequest};
@@ -293,21 +293,74 @@ impl Router {
             &self.policy.quota_guard,
             now_ms,
             &mut skipped,
-            |index, low| {
-                let Some(a) = accounts.get(index) else { return };
-                let load = health.load(index, a);
-                let cap = self.max_inflight(a);
-                let ready =
-                    cooling_until(a, load, now_ms).is_none() && (cap == 0 || load.inflight < cap);
-                order.push(Entry {
-                    priority: a.priority,
-                    id_prefix: id_prefix(&a.id),
-                    index,
-                    low,
-                    ready,
-                });
-            },
+            |index, low| self.push_entry(&mut order, accounts, health, now_ms, index, low),
         );
+        self.order_candidates(accounts, req, health, now_ms, rotation, rng, order, skipped)
+    }
+
+    /// [`Router::plan`] with the time-independent rules already applied: `pre` must come
+    /// from [`Prefilter::new`] over the same `accounts` and a request with the same model,
+    /// allowed groups and providers as `req`. The plan is the one [`Router::plan`] makes,
+    /// at a cost linear in the accounts that passed the prefilter (plus its skips).
+    #[allow(clippy::too_many_arguments)]
+    pub fn plan_prefiltered<H: HealthSource + ?Sized>(
+        &self,
+        accounts: &[RouteAccount],
+        pre: &Prefilter,
+        req: &RouteRequest<'_>,
+        health: &H,
+        now_ms: UnixMillis,
+        rotation: u64,
+        rng: &mut impl Rng,
+    ) -> Plan {
+        let mut skipped = Vec::new();
+        let mut order: Vec<Entry> = Vec::with_capacity(pre.passed().len());
+        scan_prefiltered(
+            accounts,
+            pre,
+            &self.policy.quota_guard,
+            now_ms,
+            &mut skipped,
+            |index, low| self.push_entry(&mut order, accounts, health, now_ms, index, low),
+        );
+        self.order_candidates(accounts, req, health, now_ms, rotation, rng, order, skipped)
+    }
+
+    fn push_entry<H: HealthSource + ?Sized>(
+        &self,
+        order: &mut Vec<Entry>,
+        accounts: &[RouteAccount],
+        health: &H,
+        now_ms: UnixMillis,
+        index: usize,
+        low: bool,
+    ) {
+        let Some(a) = accounts.get(index) else { return };
+        let load = health.load(index, a);
+        let cap = self.max_inflight(a);
+        let ready = cooling_until(a, load, now_ms).is_none() && (cap == 0 || load.inflight < cap);
+        order.push(Entry {
+            priority: a.priority,
+            id_prefix: id_prefix(&a.id),
+            index,
+            low,
+            ready,
+        });
+    }
+
+    /// Everything after eligibility: strategy order, affinity, P2C.
+    #[allow(clippy::too_many_arguments)]
+    fn order_candidates<H: HealthSource + ?Sized>(
+        &self,
+        accounts: &[RouteAccount],
+        req: &RouteRequest<'_>,
+        health: &H,
+        now_ms: UnixMillis,
+        rotation: u64,
+        rng: &mut impl Rng,
+        mut order: Vec<Entry>,
+        skipped: Vec<Skipped>,
+    ) -> Plan {
         let account = |e: &Entry| &accounts[e.index];
 
         // Strategy order: (priority, id), then the balanced rotation.
@@ -470,6 +523,7 @@ mod tests {
     use super::*;
     use crate::affinity::rendezvous_pick;
     use crate::rng::SplitMix64;
+    use crate::{ProviderSet, SkipReason};
 
     const NOW: i64 = 1_000_000_000;
 
@@ -932,6 +986,138 @@ mod tests {
             ok.into_result().unwrap().candidates.len(),
             1,
             "the window reset at NOW + 5 s"
+        );
+    }
+
+    /// A pool touching every eligibility rule, with quota windows that reset between the
+    /// times the tests route at.
+    fn mixed_pool(n: usize, min_used: f64) -> (Vec<RouteAccount>, Vec<AccountHealth>) {
+        use poolgate_core::{AccountStatus, StatusReason};
+        let mut accounts = Vec::new();
+        let mut healths = Vec::new();
+        for i in 0..n {
+            let mut a = acc(&format!("acc_{:04}", (i * 7919) % 10_000), (i % 3) as i32);
+            a.enabled = i % 13 != 5;
+            if i % 11 == 3 {
+                a.status = AccountStatus::Unavailable;
+                a.status_reason = Some(if i % 2 == 0 {
+                    StatusReason::QuotaExhausted
+                } else {
+                    StatusReason::AuthInvalid
+                });
+            }
+            a.group = if i % 4 == 1 { "batch" } else { "default" }.into();
+            if i % 5 == 2 {
+                a.model_filter = vec!["gpt-5*".into()];
+            }
+            if i % 6 == 4 {
+                a.provider = Provider::Anthropic;
+            }
+            if i % 9 == 7 {
+                a.cooldown_until_ms = Some(NOW + 500);
+            }
+            let used = (min_used + (i * 37 % 100) as f64).min(100.0);
+            a.usage = (i % 8 != 0).then(|| UsageSnapshot {
+                primary: Some(UsageWindow {
+                    used_percent: used,
+                    window_minutes: 300,
+                    resets_at_ms: Some(NOW + (i as i64 % 4) * 1_000),
+                }),
+                secondary: Some(UsageWindow {
+                    used_percent: (i * 13 % 100) as f64,
+                    window_minutes: 10_080,
+                    resets_at_ms: Some(NOW + 86_400_000),
+                }),
+                extra: vec![],
+                captured_at_ms: NOW,
+            });
+            let mut h = observed(100 + (i as u64 * 31) % 400);
+            for _ in 0..(i % 3) {
+                h.acquire();
+            }
+            accounts.push(a);
+            healths.push(h);
+        }
+        accounts.sort_by(routing_order);
+        (accounts, healths)
+    }
+
+    #[test]
+    fn prefiltered_plans_equal_full_plans() {
+        let team = ["default".to_string()];
+        let both = ["default".to_string(), "batch".to_string()];
+        let none = ["nobody".to_string()];
+        let providers = [
+            ProviderSet::all(),
+            ProviderSet::of(&[Provider::Codex, Provider::OpenAi]),
+            ProviderSet::of(&[Provider::Anthropic]),
+        ];
+        let mut compared = 0;
+        for (n, min_used) in [(0, 0.0), (1, 0.0), (120, 0.0), (40, 95.0), (40, 100.0)] {
+            let (accounts, healths) = mixed_pool(n, min_used);
+            for strategy in [Strategy::Ordered, Strategy::Balanced] {
+                let r = router(strategy, 3);
+                for (model, groups) in [
+                    ("gpt-5-codex", &[][..]),
+                    ("o3", &team[..]),
+                    ("gpt-5", &both[..]),
+                    ("gpt-5", &none[..]),
+                ] {
+                    for providers in providers {
+                        let req = RouteRequest {
+                            model,
+                            allowed_groups: groups,
+                            providers,
+                            anchor: Some("conv-1"),
+                            key_id: "k",
+                        };
+                        let pre = Prefilter::new(&accounts, &req);
+                        for now in [NOW - 1, NOW + 1_500, NOW + 3_500] {
+                            for rotation in [0, 5] {
+                                let full = r.plan(
+                                    &accounts,
+                                    &req,
+                                    &healths[..],
+                                    now,
+                                    rotation,
+                                    &mut SplitMix64::new(rotation),
+                                );
+                                let fast = r.plan_prefiltered(
+                                    &accounts,
+                                    &pre,
+                                    &req,
+                                    &healths[..],
+                                    now,
+                                    rotation,
+                                    &mut SplitMix64::new(rotation),
+                                );
+                                assert_eq!(full, fast, "n={n} {model} {groups:?} at {now}");
+                                compared += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(compared, 5 * 2 * 4 * 3 * 3 * 2);
+    }
+
+    #[test]
+    fn prefilter_keeps_only_time_independent_skips() {
+        let (accounts, _) = mixed_pool(120, 0.0);
+        let req = RouteRequest::new("o3", "k");
+        let pre = Prefilter::new(&accounts, &req);
+        assert_eq!(pre.passed().len() + pre.skipped().len(), accounts.len());
+        assert!(pre.passed().windows(2).all(|w| w[0] < w[1]));
+        assert!(pre.skipped().windows(2).all(|w| w[0].index < w[1].index));
+        assert!(pre.skipped().iter().all(|s| !matches!(
+            s.reason,
+            SkipReason::QuotaExhausted { .. } | SkipReason::BelowQuotaGuard { .. }
+        )));
+        assert!(
+            pre.skipped()
+                .iter()
+                .any(|s| s.reason == SkipReason::ModelNotAllowed)
         );
     }
 
