@@ -115,6 +115,42 @@ async fn exists<T: Tx>(tx: &T, sql: &str, params: &[Val]) -> Result<bool> {
     Ok(!tx.query(sql, params).await?.is_empty())
 }
 
+/// Refuses a key or admin token whose id or hash is already stored. `table` is one of the
+/// two fixed table names, never input.
+async fn ensure_new_secret_row<T: Tx>(
+    tx: &T,
+    table: &'static str,
+    kind: &'static str,
+    id: &str,
+    hash: &str,
+) -> Result<()> {
+    if exists(
+        tx,
+        &format!("SELECT 1 FROM {table} WHERE id = $1"),
+        &[id.into()],
+    )
+    .await?
+    {
+        return Err(StoreError::AlreadyExists {
+            kind,
+            what: id.to_string(),
+        });
+    }
+    if exists(
+        tx,
+        &format!("SELECT 1 FROM {table} WHERE hash = $1"),
+        &[hash.into()],
+    )
+    .await?
+    {
+        return Err(StoreError::AlreadyExists {
+            kind,
+            what: "with the same hash".into(),
+        });
+    }
+    Ok(())
+}
+
 fn first_row(rows: Vec<Row>) -> Result<Row> {
     rows.into_iter()
         .next()
@@ -976,30 +1012,7 @@ pub(crate) async fn create_key<T: Tx>(
     check_id("id", &key.id)?;
     check_hash(&key.hash)?;
     check_display("prefix", &key.prefix, 64)?;
-    if exists(
-        tx,
-        "SELECT 1 FROM platform_keys WHERE id = $1",
-        &[key.id.as_str().into()],
-    )
-    .await?
-    {
-        return Err(StoreError::AlreadyExists {
-            kind: "key",
-            what: key.id.clone(),
-        });
-    }
-    if exists(
-        tx,
-        "SELECT 1 FROM platform_keys WHERE hash = $1",
-        &[key.hash.as_str().into()],
-    )
-    .await?
-    {
-        return Err(StoreError::AlreadyExists {
-            kind: "key",
-            what: "with the same hash".into(),
-        });
-    }
+    ensure_new_secret_row(tx, "platform_keys", "key", &key.id, &key.hash).await?;
     let now = now_ms();
     key.created_at_ms = now;
     key.updated_at_ms = now;
@@ -1115,30 +1128,7 @@ pub(crate) async fn create_admin_token<T: Tx>(
     check_id("id", &token.id)?;
     check_hash(&token.hash)?;
     check_display("prefix", &token.prefix, 64)?;
-    if exists(
-        tx,
-        "SELECT 1 FROM admin_tokens WHERE id = $1",
-        &[token.id.as_str().into()],
-    )
-    .await?
-    {
-        return Err(StoreError::AlreadyExists {
-            kind: "admin token",
-            what: token.id.clone(),
-        });
-    }
-    if exists(
-        tx,
-        "SELECT 1 FROM admin_tokens WHERE hash = $1",
-        &[token.hash.as_str().into()],
-    )
-    .await?
-    {
-        return Err(StoreError::AlreadyExists {
-            kind: "admin token",
-            what: "with the same hash".into(),
-        });
-    }
+    ensure_new_secret_row(tx, "admin_tokens", "admin token", &token.id, &token.hash).await?;
     token.created_at_ms = now_ms();
     tx.exec(
         &format!("INSERT INTO admin_tokens ({TOKEN_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"),
