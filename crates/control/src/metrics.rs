@@ -56,6 +56,7 @@ pub struct Metrics {
     observed_changes: Counter,
     gateway_dropped: Counter,
     changes_pruned: Counter,
+    leader: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -160,6 +161,12 @@ impl Metrics {
             "Change-log rows deleted by the retention job",
             changes_pruned.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "poolgate_control_leader",
+            "1 while this replica is the control-plane leader (runs the background jobs), else 0",
+            leader.clone(),
+        );
         Metrics {
             registry,
             grpc_requests,
@@ -176,7 +183,12 @@ impl Metrics {
             observed_changes,
             gateway_dropped,
             changes_pruned,
+            leader,
         }
+    }
+
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     pub fn grpc_request(&self, method: &'static str, code: tonic::Code, elapsed: Duration) {
@@ -279,6 +291,9 @@ mod tests {
         assert!(text.contains("poolgate_control_retention_pruned_rows_total 7"));
         assert!(text.contains("poolgate_control_store_errors_total{operation=\"retention\"} 1"));
         assert!(text.contains("poolgate_control_request_log_rows_total 0"));
+        assert!(text.contains("poolgate_control_leader 0"));
+        m.set_leader(true);
+        assert!(m.encode().unwrap().contains("poolgate_control_leader 1"));
         m.snapshot_message("full");
         m.snapshot_subscribed();
         m.snapshot_version(42);

@@ -1305,3 +1305,64 @@ async fn logs_usage_and_policy() {
         .into_inner();
     assert_eq!(now_p, p);
 }
+
+#[tokio::test]
+async fn kubernetes_managed_keys_are_read_only() {
+    use poolgate_core::key::{PLATFORM_KEY_PREFIX, format_secret, hash_secret, visible_prefix};
+    let h = Harness::start().await;
+    let mut c = h.client().await;
+    // As the controller stores a PlatformKey resource's key.
+    let plaintext = format_secret(PLATFORM_KEY_PREFIX, &[9u8; 32]);
+    let key = h
+        .store
+        .create_key(
+            poolgate_core::PlatformKey {
+                id: String::new(),
+                spec: poolgate_core::KeySpec {
+                    name: "ci".into(),
+                    ..Default::default()
+                },
+                prefix: visible_prefix(&plaintext),
+                hash: hash_secret(&plaintext),
+                status: poolgate_core::KeyStatus::Active,
+                managed_by: ManagedBy::Kubernetes,
+                managed_ref: Some("PlatformKey pool/ci".into()),
+                created_at_ms: 0,
+                updated_at_ms: 0,
+            },
+            "kubernetes-controller",
+        )
+        .await
+        .unwrap();
+    let before = h.store.current_version().await.unwrap();
+
+    let check = |e: tonic::Status| {
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(
+            e.message().contains("PlatformKey pool/ci"),
+            "{}",
+            e.message()
+        );
+    };
+    check(
+        c.update_key(admin(pb::UpdateKeyRequest {
+            id: key.id.clone(),
+            name: Some("renamed".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err(),
+    );
+    check(
+        c.disable_key(admin(pb::KeyIdRequest { id: key.id.clone() }))
+            .await
+            .unwrap_err(),
+    );
+    check(
+        c.delete_key(admin(pb::KeyIdRequest { id: key.id.clone() }))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(h.store.current_version().await.unwrap(), before);
+    assert_eq!(h.store.get_key(&key.id).await.unwrap(), key);
+}

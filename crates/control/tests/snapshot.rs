@@ -121,12 +121,12 @@ async fn watch_sends_a_full_snapshot_then_deltas_for_admin_changes() {
     assert_eq!(ids, want);
     assert!(first.policy.is_some());
     let mut snap = apply(&Snapshot::default(), first);
-    let Some(Credentials::ApiKey { key }) = &snap.accounts[&a.id].credentials else {
-        panic!("{:?}", snap.accounts[&a.id])
+    let Some(Credentials::ApiKey { key }) = &snap.accounts.get(&a.id).unwrap().credentials else {
+        panic!("{:?}", snap.accounts.get(&a.id).unwrap())
     };
     assert_eq!(key.expose(), "sk-a");
     let by_hash = snap.key_by_hash(&hash_secret(&k.key)).unwrap().clone();
-    assert_eq!(by_hash.id, k.platform_key.as_ref().unwrap().id);
+    assert_eq!(&*by_hash.id, k.platform_key.as_ref().unwrap().id.as_str());
 
     // One account changes: one small delta with that account only.
     c.update_account(admin(pb::UpdateAccountRequest {
@@ -142,10 +142,10 @@ async fn watch_sends_a_full_snapshot_then_deltas_for_admin_changes() {
     assert!(d.upsert_keys.is_empty() && d.remove_accounts.is_empty() && d.policy.is_none());
     assert_eq!(d.version, current(&h).await);
     snap = apply(&snap, d);
-    assert_eq!(snap.accounts[&a.id].account.spec.priority, 9);
+    assert_eq!(snap.accounts.get(&a.id).unwrap().account.spec.priority, 9);
 
     c.disable_key(admin(pb::KeyIdRequest {
-        id: by_hash.id.clone(),
+        id: by_hash.id.to_string(),
     }))
     .await
     .unwrap();
@@ -155,12 +155,12 @@ async fn watch_sends_a_full_snapshot_then_deltas_for_admin_changes() {
     snap = apply(&snap, d);
 
     c.delete_key(admin(pb::KeyIdRequest {
-        id: by_hash.id.clone(),
+        id: by_hash.id.to_string(),
     }))
     .await
     .unwrap();
     let d = next(&mut u).await;
-    assert_eq!(d.remove_keys, vec![by_hash.id.clone()]);
+    assert_eq!(d.remove_keys, vec![by_hash.id.to_string()]);
     snap = apply(&snap, d);
     assert!(snap.key_by_hash(&hash_secret(&k.key)).is_none());
 
@@ -232,7 +232,10 @@ async fn resume_sends_only_the_missing_changes() {
     assert_eq!(d.upsert_keys[0].hash, hash_secret(&k.key));
     assert_eq!(d.version, current(&h).await);
     let snap = apply(&snap, d);
-    assert_eq!(snap.accounts[&a.id].account.spec.note, "changed while away");
+    assert_eq!(
+        snap.accounts.get(&a.id).unwrap().account.spec.note,
+        "changed while away"
+    );
     assert_eq!(snap.accounts.len(), 2);
 
     // Up to date: nothing until the next change.
@@ -866,7 +869,11 @@ async fn a_lagging_subscriber_catches_up_without_losing_a_change() {
     assert_eq!(left, want);
     for (i, id) in ids[..2].iter().enumerate() {
         let stored = h.store.get_account(id).await.unwrap();
-        assert_eq!(snap.accounts[id].account, stored, "account {i}");
+        assert_eq!(
+            snap.accounts.get(id).unwrap().account,
+            stored,
+            "account {i}"
+        );
     }
     let (_, metrics) = http_get(h.admin, "/metrics").await;
     assert!(

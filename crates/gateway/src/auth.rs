@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 use http::header::AUTHORIZATION;
-use poolgate_core::key::hash_secret;
-use poolgate_core::{KeyStatus, PlatformKey, UnixMillis};
+use poolgate_core::snapshot::{KeyGrant, key_digest};
+use poolgate_core::{KeyStatus, UnixMillis};
 
 use crate::state::View;
 
@@ -73,11 +73,11 @@ pub(crate) fn authenticate(
     view: &View,
     headers: &HeaderMap,
     now_ms: UnixMillis,
-) -> Result<Arc<PlatformKey>, AuthError> {
+) -> Result<Arc<KeyGrant>, AuthError> {
     let key = presented_key(headers).ok_or(AuthError::Missing)?;
     let found = view
         .snapshot
-        .key_by_hash(&hash_secret(key))
+        .key(&key_digest(key))
         .ok_or(AuthError::Unknown)?;
     if found.status != KeyStatus::Active {
         return Err(AuthError::Disabled);

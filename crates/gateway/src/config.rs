@@ -19,6 +19,13 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// A `: keep-alive` comment goes to SSE clients after this long without upstream bytes.
     pub keepalive_interval: Duration,
+    /// Longest wait for an upstream's response head. Nothing has reached the client then, so
+    /// an attempt that takes longer fails over like a network error.
+    pub first_byte_timeout: Duration,
+    /// A relayed body whose upstream sends nothing for this long is ended with an error
+    /// frame (streams) or cut (other bodies), freeing its in-flight slot. Not a total
+    /// timeout: a stream that keeps sending may last as long as it likes.
+    pub stream_idle_timeout: Duration,
     /// Stream preflight: content-free events are held back up to this many bytes...
     pub preflight_max_bytes: usize,
     /// ...or this long, so an early in-stream quota error can still fail over.
@@ -41,6 +48,10 @@ impl Default for GatewayConfig {
             node_id: "gateway".into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             keepalive_interval: Duration::from_secs(15),
+            // The per-send stream timeout of seed spec §12 (300 000 ms); the Codex CLI gives
+            // up on an idle stream after the same time.
+            first_byte_timeout: Duration::from_secs(300),
+            stream_idle_timeout: Duration::from_secs(300),
             preflight_max_bytes: 64 * 1024,
             preflight_max_wait: Duration::from_secs(10),
             max_error_body_bytes: 1024 * 1024,

@@ -4,7 +4,8 @@
 use std::collections::BTreeSet;
 
 use bytes::Bytes;
-use poolgate_core::{PlatformKey, glob};
+use poolgate_core::glob;
+use poolgate_core::snapshot::KeyGrant;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -116,8 +117,8 @@ fn codex_entry(slug: &str, priority: usize) -> Value {
 /// The model ids a key can see: the key's override alone when it has one; else the
 /// built-in catalog plus the concrete names in enabled accounts' model filters, narrowed
 /// to the key's allowed models.
-pub(crate) fn model_ids(view: &View, key: &PlatformKey) -> Vec<String> {
-    if let Some(m) = &key.spec.model_override {
+pub(crate) fn model_ids(view: &View, key: &KeyGrant) -> Vec<String> {
+    if let Some(m) = &key.model_override {
         return vec![m.clone()];
     }
     let mut ids: Vec<String> = BUILTIN.iter().map(|k| k.slug.to_string()).collect();
@@ -134,12 +135,12 @@ pub(crate) fn model_ids(view: &View, key: &PlatformKey) -> Vec<String> {
         seen.insert(m.clone());
         ids.push(m);
     }
-    ids.retain(|m| glob::allowed(&key.spec.allowed_models, m));
+    ids.retain(|m| glob::allowed(&key.allowed_models, m));
     ids
 }
 
 /// The JSON body and its etag.
-pub(crate) fn models_body(view: &View, key: &PlatformKey) -> (Bytes, String) {
+pub(crate) fn models_body(view: &View, key: &KeyGrant) -> (Bytes, String) {
     let ids = model_ids(view, key);
     let data: Vec<Value> = ids
         .iter()

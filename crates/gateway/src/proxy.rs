@@ -11,14 +11,17 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
 use poolgate_core::report::{Observation, ObservationKind};
 use poolgate_core::snapshot::AccountState;
-use poolgate_core::{Attempt, ErrorClass, PlatformKey, Provider, glob};
-use poolgate_routing::{NoRoute, ProviderSet, RouteRequest, SplitMix64};
-use poolgate_upstream::{BodyStream, Endpoint, UpstreamClient, UpstreamRequest};
+use poolgate_core::snapshot::KeyGrant;
+use poolgate_core::{Attempt, ErrorClass, Provider, glob};
+use poolgate_routing::{Cooldown, NoRoute, ProviderSet, RouteRequest, SplitMix64};
+use poolgate_upstream::{BodyStream, Endpoint, UpstreamClient, UpstreamError, UpstreamRequest};
 use poolgate_wire::chat::{
     ChatConversion, ChatStreamOptions, ChatStreamTranslator, chat_to_responses_request,
     responses_to_chat_completion,
 };
-use poolgate_wire::classify::{Outcome, classify_response, parse_codex_usage_headers};
+use poolgate_wire::classify::{
+    Outcome, StreamFailure, classify_response, parse_codex_usage_headers,
+};
 use poolgate_wire::responses::{
     CodexRequestOptions, SessionInput, adjust_native_codex_request, is_native_codex_client,
     normalize_codex_request,
@@ -34,7 +37,9 @@ use crate::finish::{Finish, new_log};
 use crate::ids::{random_u64, request_id, uuid_v4};
 use crate::metrics::Metrics;
 use crate::models::models_body;
-use crate::relay::{Aggregated, Dialect, Mode, Preflight, aggregate, preflight, relay_body};
+use crate::relay::{
+    Aggregated, Dialect, Mode, Preflight, StreamFailureHook, aggregate, preflight, relay_body,
+};
 use crate::report::Reporter;
 use crate::respond::{self, Body, EVENT_STREAM, JSON};
 use crate::state::{Cells, HealthCell, InflightGuard, Shared, View};
@@ -228,7 +233,7 @@ async fn api_inner(
             );
         }
     };
-    fin.log.key_id = Some(key.id.clone());
+    fin.log.key_id = Some(key.id.to_string());
     if route == Route::Models {
         return models(&view, &key, &parts.headers, fin);
     }
@@ -259,7 +264,6 @@ async fn api_inner(
         );
     };
     let model = match key
-        .spec
         .model_override
         .clone()
         .or_else(|| peek.model.clone().filter(|m| !m.trim().is_empty()))
@@ -275,7 +279,7 @@ async fn api_inner(
             );
         }
     };
-    if !glob::allowed(&key.spec.allowed_models, &model) {
+    if !glob::allowed(&key.allowed_models, &model) {
         return fail(
             fin,
             403,
@@ -306,7 +310,7 @@ async fn api_inner(
     call.run(fin).await
 }
 
-fn models(view: &View, key: &PlatformKey, headers: &HeaderMap, mut fin: Finish) -> Response<Body> {
+fn models(view: &View, key: &KeyGrant, headers: &HeaderMap, mut fin: Finish) -> Response<Body> {
     let (body, etag) = models_body(view, key);
     let not_modified = header_str(headers, IF_NONE_MATCH.as_str()).is_some_and(|v| {
         v.split(',')
@@ -356,6 +360,35 @@ fn outcome_label(o: Outcome) -> &'static str {
         Outcome::Deactivated => "deactivated",
         Outcome::Challenge => "challenge",
         Outcome::Upstream5xx => "upstream_5xx",
+    }
+}
+
+/// What the control plane is told about an account after `failure`, given the local
+/// cooldown it started; `None` for failures that stay local (5xx, network, challenge).
+fn observation_kind(
+    failure: Failure,
+    cooldown: Option<Cooldown>,
+    now: i64,
+) -> Option<ObservationKind> {
+    match failure {
+        Failure::Upstream(Outcome::RateLimited { resets_at_ms, .. }) => {
+            Some(ObservationKind::RateLimited {
+                until_ms: cooldown
+                    .map(|c| c.until_ms)
+                    .or(resets_at_ms)
+                    .unwrap_or(now + 45_000),
+            })
+        }
+        Failure::Upstream(Outcome::QuotaExhausted { resets_at_ms }) => {
+            Some(ObservationKind::QuotaExhausted {
+                until_ms: resets_at_ms
+                    .or(cooldown.map(|c| c.until_ms))
+                    .unwrap_or(now + 3_600_000),
+            })
+        }
+        Failure::Upstream(Outcome::AuthFailed) => Some(ObservationKind::AuthFailed),
+        Failure::Upstream(Outcome::Deactivated) => Some(ObservationKind::Deactivated),
+        _ => None,
     }
 }
 
@@ -414,7 +447,7 @@ enum Step {
 struct Call {
     gw: Arc<Gw>,
     view: Arc<View>,
-    key: Arc<PlatformKey>,
+    key: Arc<KeyGrant>,
     route: Route,
     headers: HeaderMap,
     body: Bytes,
@@ -489,12 +522,11 @@ impl Call {
         }
         let override_model = self
             .key
-            .spec
             .model_override
             .as_ref()
             .filter(|m| self.peek.model.as_ref() != Some(*m))
             .cloned();
-        let effort = self.key.spec.reasoning_effort;
+        let effort = self.key.reasoning_effort;
         let body = if override_model.is_none() && effort.is_none() {
             self.body.clone()
         } else {
@@ -531,8 +563,8 @@ impl Call {
             prompt_cache_key: self.session_anchor(),
             force_prompt_cache_key: false,
             failover,
-            model_override: self.key.spec.model_override.clone(),
-            reasoning_effort_override: self.key.spec.reasoning_effort,
+            model_override: self.key.model_override.clone(),
+            reasoning_effort_override: self.key.reasoning_effort,
             compact: self.route == Route::Compact,
         }
     }
@@ -649,7 +681,7 @@ impl Call {
         let anchor = self.anchor().map(|a| format!("{}:{a}", self.key.id));
         let req = RouteRequest {
             model: &self.model,
-            allowed_groups: &self.key.spec.account_groups,
+            allowed_groups: &self.key.account_groups,
             providers: ProviderSet::of(&[Provider::Codex, Provider::OpenAi]),
             anchor: anchor.as_deref(),
             key_id: &self.key.id,
@@ -755,27 +787,7 @@ impl Call {
         });
         fin.log.account_id = Some(account_id.clone());
         self.gw.metrics.attempt(provider, failure.reason());
-        let kind = match failure {
-            Failure::Upstream(Outcome::RateLimited { resets_at_ms, .. }) => {
-                Some(ObservationKind::RateLimited {
-                    until_ms: cooldown
-                        .map(|c| c.until_ms)
-                        .or(resets_at_ms)
-                        .unwrap_or(now + 45_000),
-                })
-            }
-            Failure::Upstream(Outcome::QuotaExhausted { resets_at_ms }) => {
-                Some(ObservationKind::QuotaExhausted {
-                    until_ms: resets_at_ms
-                        .or(cooldown.map(|c| c.until_ms))
-                        .unwrap_or(now + 3_600_000),
-                })
-            }
-            Failure::Upstream(Outcome::AuthFailed) => Some(ObservationKind::AuthFailed),
-            Failure::Upstream(Outcome::Deactivated) => Some(ObservationKind::Deactivated),
-            _ => None,
-        };
-        if let Some(kind) = kind {
+        if let Some(kind) = observation_kind(failure, cooldown, now) {
             self.gw.reporter.observe(Observation {
                 account_id: account_id.clone(),
                 ts_ms: now,
@@ -784,12 +796,56 @@ impl Call {
             });
         }
         tracing::info!(
+            request_id = %fin.log.id,
             account = %account_id,
             status,
             outcome = failure.reason(),
             detail,
             "upstream attempt failed"
         );
+    }
+
+    /// The relay's hook for an account-level failure reported inside the stream after the
+    /// first byte: the same local cooldown and observation as before the first byte (the
+    /// attempt itself stays logged as the success it looked like when it was relayed).
+    fn stream_failure_hook(
+        &self,
+        state: &Arc<AccountState>,
+        cell: &Arc<HealthCell>,
+    ) -> StreamFailureHook {
+        let (gw, view, state, cell) = (
+            self.gw.clone(),
+            self.view.clone(),
+            state.clone(),
+            cell.clone(),
+        );
+        Box::new(move |f: &StreamFailure| {
+            let now = now_ms();
+            let health = health_outcome(f.outcome, Duration::ZERO, now);
+            let cooldown = cell.record(&view.router, health, now);
+            if let Some(c) = cooldown {
+                gw.metrics.cooldown(c.reason.as_str());
+            }
+            let detail = format!(
+                "{}: {}",
+                f.code.as_deref().unwrap_or(&f.event_type),
+                f.message
+            );
+            if let Some(kind) = observation_kind(Failure::Upstream(f.outcome), cooldown, now) {
+                gw.reporter.observe(Observation {
+                    account_id: state.account.id.clone(),
+                    ts_ms: now,
+                    kind,
+                    detail: detail.chars().take(200).collect(),
+                });
+            }
+            tracing::info!(
+                account = %state.account.id,
+                outcome = outcome_label(f.outcome),
+                detail,
+                "upstream failed inside the stream after the first byte"
+            );
+        })
     }
 
     fn note_success(
@@ -849,21 +905,25 @@ impl Call {
             s
         });
         let started = Instant::now();
-        let sent = self
-            .gw
-            .upstream
-            .send(
-                state,
-                UpstreamRequest {
-                    endpoint: built.endpoint,
-                    body: built.body,
-                    stream: built.stream,
-                    client_headers: &self.headers,
-                    session,
-                    extra_headers: &self.extra_headers,
-                },
-            )
-            .await;
+        let limit = self.gw.cfg.first_byte_timeout;
+        let send = self.gw.upstream.send(
+            state,
+            UpstreamRequest {
+                endpoint: built.endpoint,
+                body: built.body,
+                stream: built.stream,
+                client_headers: &self.headers,
+                session,
+                extra_headers: &self.extra_headers,
+            },
+        );
+        // Nothing has reached the client yet, so a slow head fails over like a network error.
+        let sent = tokio::time::timeout(limit, send).await.unwrap_or_else(|_| {
+            Err(UpstreamError::Timeout(format!(
+                "no response head within {:.1} s",
+                limit.as_secs_f64()
+            )))
+        });
         let latency = started.elapsed();
         let resp = match sent {
             Ok(r) => r,
@@ -905,7 +965,15 @@ impl Call {
                 fin.hold(guard);
                 fin.first_byte(status);
                 let headers = respond::relay_headers(&resp.headers, &request_id);
-                let body = relay_body(resp.body, Mode::Raw, None, None, fin);
+                let body = relay_body(
+                    resp.body,
+                    Mode::Raw,
+                    None,
+                    None,
+                    self.gw.cfg.stream_idle_timeout,
+                    None,
+                    fin,
+                );
                 let mut r = respond::with_status(status, body);
                 *r.headers_mut() = headers;
                 Step::Done(r)
@@ -934,6 +1002,8 @@ impl Call {
                             mode,
                             Some(held),
                             Some(self.gw.cfg.keepalive_interval),
+                            self.gw.cfg.stream_idle_timeout,
+                            Some(self.stream_failure_hook(state, cell)),
                             fin,
                         );
                         let mut r = respond::with_status(status, body);

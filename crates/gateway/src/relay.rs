@@ -16,9 +16,9 @@ use poolgate_core::ErrorClass;
 use poolgate_upstream::{BodyStream, UpstreamError};
 use poolgate_wire::aggregate::{AggregateError, ResponsesAggregator};
 use poolgate_wire::chat::{ChatStreamTranslator, chat_stream_error_frame};
-use poolgate_wire::classify::{StreamEventClass, StreamFailure, classify_stream_json};
+use poolgate_wire::classify::{Outcome, StreamEventClass, StreamFailure, classify_stream_json};
 use poolgate_wire::sse::{SseDecoder, SseEvent, event_type};
-use poolgate_wire::usage::{TokenUsage, UsageAccumulator, usage_from_json};
+use poolgate_wire::usage::{TokenUsage, UsageAccumulator, usage_from_usage_object};
 use serde_json::Value;
 
 use crate::clock::now_ms;
@@ -207,7 +207,24 @@ pub(crate) async fn aggregate(mut body: BodyStream, max_bytes: usize) -> Aggrega
 struct Tap {
     usage: UsageAccumulator,
     terminal: bool,
-    failure: Option<ErrorClass>,
+    failure: Option<StreamFailure>,
+}
+
+/// Told once about an account-level failure (quota, rate limit, auth, deactivation) that
+/// the upstream reported inside a stream after its first byte reached the client. Failover
+/// is over by then, but the account must still cool down and the control plane hear of it,
+/// as for the same failure before the first byte.
+pub(crate) type StreamFailureHook = Box<dyn FnOnce(&StreamFailure) + Send>;
+
+/// Failures that say something about the account rather than about this one response.
+fn is_account_failure(o: Outcome) -> bool {
+    matches!(
+        o,
+        Outcome::RateLimited { .. }
+            | Outcome::QuotaExhausted { .. }
+            | Outcome::AuthFailed
+            | Outcome::Deactivated
+    )
 }
 
 /// Event names whose data may carry usage or end the stream; other named events (deltas)
@@ -251,9 +268,10 @@ impl Tap {
         match dialect {
             Dialect::Responses => match classify_stream_json(ev, json.as_ref(), now_ms()) {
                 StreamEventClass::Terminal => self.terminal = true,
-                StreamEventClass::Failed(o) => {
+                StreamEventClass::Failed(_) => {
                     self.terminal = true;
-                    self.failure = o.error_class().or(Some(ErrorClass::Upstream5xx));
+                    let ty = event_type(ev, json.as_ref()).unwrap_or("error");
+                    self.failure = Some(StreamFailure::from_event(ty, json.as_ref(), now_ms()));
                 }
                 _ => {}
             },
@@ -263,11 +281,17 @@ impl Tap {
                     .and_then(|v| v.get("error"))
                     .is_some_and(|e| e.is_object())
                 {
-                    let outcome = poolgate_wire::classify::stream_failure(json.as_ref(), now_ms());
-                    self.failure = outcome.error_class().or(Some(ErrorClass::Upstream5xx));
+                    self.failure =
+                        Some(StreamFailure::from_event("error", json.as_ref(), now_ms()));
                 }
             }
         }
+    }
+
+    fn error_class(&self) -> Option<ErrorClass> {
+        self.failure
+            .as_ref()
+            .map(|f| f.outcome.error_class().unwrap_or(ErrorClass::Upstream5xx))
     }
 }
 
@@ -296,7 +320,7 @@ fn usage_from_tail(tail: &[u8]) -> Option<TokenUsage> {
     let value_bytes = rest.get(colon + 1..)?;
     let mut it = serde_json::Deserializer::from_slice(value_bytes).into_iter::<Value>();
     let v = it.next()?.ok()?;
-    usage_from_json(&serde_json::json!({ "usage": v }))
+    usage_from_usage_object(&v)
 }
 
 struct Relay {
@@ -308,6 +332,10 @@ struct Relay {
     tap: Tap,
     tail: BytesMut,
     keepalive: Option<Duration>,
+    idle_timeout: Duration,
+    /// Upstream silence so far, counted in whole timer ticks (so never more than the truth).
+    silent: Duration,
+    on_failure: Option<StreamFailureHook>,
     ended: bool,
     /// Set once a chunk failed to arrive; `Raw` bodies then abort instead of ending.
     abort: Option<UpstreamError>,
@@ -342,6 +370,24 @@ impl Relay {
         }
         self.scratch = events;
         self.scratch.clear();
+        self.report_failure();
+    }
+
+    /// Hands an account-level in-stream failure to the hook, once.
+    fn report_failure(&mut self) {
+        if self.on_failure.is_none() {
+            return;
+        }
+        let failure = match &self.mode {
+            Mode::Sse(_) => self.tap.failure.as_ref(),
+            Mode::Chat(t) => t.failure(),
+            Mode::Raw => None,
+        };
+        if let Some(f) = failure.filter(|f| is_account_failure(f.outcome))
+            && let Some(hook) = self.on_failure.take()
+        {
+            hook(f);
+        }
     }
 
     fn on_chunk(&mut self, chunk: Bytes) {
@@ -391,7 +437,7 @@ impl Relay {
                         dialect,
                         "the upstream stream ended before the response completed",
                     ));
-                } else if let Some(f) = self.tap.failure {
+                } else if let Some(f) = self.tap.error_class() {
                     self.error = Some(f);
                 }
             }
@@ -439,17 +485,30 @@ impl Relay {
                 self.complete();
                 return self.abort.take().map(|e| Err(Box::new(e) as BoxError));
             }
-            let next = match self.keepalive {
-                Some(d) => match tokio::time::timeout(d, self.upstream.next()).await {
-                    Ok(n) => n,
-                    Err(_) => {
-                        if self.at_frame_boundary() {
-                            return Some(Ok(poolgate_wire::sse::keep_alive()));
-                        }
-                        continue;
+            // Wake at the keep-alive interval, or at the idle limit for bodies without
+            // keep-alives.
+            let tick = self
+                .keepalive
+                .map_or(self.idle_timeout, |k| k.min(self.idle_timeout));
+            let next = match tokio::time::timeout(tick, self.upstream.next()).await {
+                Ok(n) => {
+                    self.silent = Duration::ZERO;
+                    n
+                }
+                Err(_) => {
+                    self.silent = self.silent.saturating_add(tick);
+                    if self.silent >= self.idle_timeout {
+                        // A silent upstream would otherwise hold the client and the account's
+                        // in-flight slot forever; end it the way a broken stream ends.
+                        let secs = self.idle_timeout.as_secs_f64();
+                        self.on_end(Some(UpstreamError::Body(format!(
+                            "no data from the upstream for {secs:.1} s"
+                        ))));
+                    } else if self.keepalive.is_some() && self.at_frame_boundary() {
+                        return Some(Ok(poolgate_wire::sse::keep_alive()));
                     }
-                },
-                None => self.upstream.next().await,
+                    continue;
+                }
             };
             match next {
                 Some(Ok(chunk)) => self.on_chunk(chunk),
@@ -483,12 +542,15 @@ impl Drop for Relay {
 }
 
 /// The response body relaying `upstream` in `mode`, starting with what the preflight held.
-/// `finish` completes the request log when the body ends or is dropped.
+/// `finish` completes the request log when the body ends or is dropped; `on_failure` hears
+/// of an account-level failure inside the stream.
 pub(crate) fn relay_body(
     upstream: BodyStream,
     mode: Mode,
     held: Option<Held>,
     keepalive: Option<Duration>,
+    idle_timeout: Duration,
+    on_failure: Option<StreamFailureHook>,
     finish: Finish,
 ) -> Body {
     let mut relay = Relay {
@@ -500,6 +562,9 @@ pub(crate) fn relay_body(
         tap: Tap::default(),
         tail: BytesMut::new(),
         keepalive,
+        idle_timeout: idle_timeout.max(Duration::from_millis(1)),
+        silent: Duration::ZERO,
+        on_failure,
         ended: false,
         abort: None,
         error: None,

@@ -201,8 +201,9 @@ pub(crate) async fn ship(
             _ = tokio::time::sleep(interval) => false,
             _ = shutdown.changed() => true,
         };
-        let sent_ok = flush(&reporter, sink.as_ref(), &shared).await;
-        if stop || *shutdown.borrow() {
+        let stop = stop || *shutdown.borrow();
+        let sent_ok = flush(&reporter, sink.as_ref(), &shared, stop).await;
+        if stop {
             return;
         }
         if sent_ok {
@@ -211,7 +212,7 @@ pub(crate) async fn ship(
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutdown.changed() => {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), flush(&reporter, sink.as_ref(), &shared)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), flush(&reporter, sink.as_ref(), &shared, true)).await;
                     return;
                 }
             }
@@ -220,8 +221,11 @@ pub(crate) async fn ship(
     }
 }
 
-/// Sends batches until the queue is empty; false when the sink failed.
-async fn flush(reporter: &Reporter, sink: &dyn ReportSink, shared: &Shared) -> bool {
+/// Sends what is queued, at most `batch_max` records a call, going on only while a full
+/// batch waits: under load that is one call per `batch_max` records, not one per round trip
+/// with whatever trickled in meanwhile. `drain` sends everything (shutdown). False when the
+/// sink failed.
+async fn flush(reporter: &Reporter, sink: &dyn ReportSink, shared: &Shared, drain: bool) -> bool {
     loop {
         let records = reporter.take(reporter.cfg.batch_max);
         let dropped = reporter.dropped.load(Ordering::Relaxed);
@@ -233,7 +237,12 @@ async fn flush(reporter: &Reporter, sink: &dyn ReportSink, shared: &Shared) -> b
             Ok(()) => {
                 reporter.dropped.fetch_sub(dropped, Ordering::Relaxed);
                 reporter.metrics.report_batch(true);
-                if reporter.queued() == 0 {
+                let more = if drain {
+                    1
+                } else {
+                    reporter.cfg.batch_max.max(1)
+                };
+                if reporter.queued() < more {
                     return true;
                 }
             }
@@ -297,7 +306,7 @@ mod tests {
         assert_eq!(r.queued(), 3);
         let sink = MemoryReportSink::new();
         let shared = Shared::new(Arc::new(Metrics::new()));
-        assert!(flush(&r, &sink, &shared).await);
+        assert!(flush(&r, &sink, &shared, true).await);
         let batches = sink.batches();
         assert_eq!(batches.len(), 2, "batch_max is 2");
         assert_eq!(batches[0].dropped, 2);
@@ -320,12 +329,36 @@ mod tests {
         let sink = MemoryReportSink::new();
         sink.set_failing(true);
         let shared = Shared::new(Arc::new(Metrics::new()));
-        assert!(!flush(&r, &sink, &shared).await);
+        assert!(!flush(&r, &sink, &shared, false).await);
         r.log(log("c"));
         sink.set_failing(false);
-        assert!(flush(&r, &sink, &shared).await);
+        assert!(flush(&r, &sink, &shared, true).await);
         let ids: Vec<String> = sink.logs().into_iter().map(|l| l.id).collect();
         assert_eq!(ids, ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_partial_batch_waits_for_the_interval_unless_draining() {
+        let r = reporter(10);
+        for i in 0..5 {
+            r.log(log(&i.to_string()));
+        }
+        let sink = MemoryReportSink::new();
+        let shared = Shared::new(Arc::new(Metrics::new()));
+        // Two full batches go at once; the fifth record waits for more or for the interval.
+        assert!(flush(&r, &sink, &shared, false).await);
+        assert_eq!(sink.batches().len(), 2);
+        assert_eq!(r.queued(), 1);
+        assert!(flush(&r, &sink, &shared, false).await);
+        assert_eq!(sink.batches().len(), 3, "the next wake-up sends what waits");
+        assert_eq!(r.queued(), 0);
+        r.log(log("5"));
+        r.log(log("6"));
+        r.log(log("7"));
+        assert!(flush(&r, &sink, &shared, true).await);
+        assert_eq!(r.queued(), 0, "draining sends everything");
+        let ids: Vec<String> = sink.logs().into_iter().map(|l| l.id).collect();
+        assert_eq!(ids, ["0", "1", "2", "3", "4", "5", "6", "7"]);
     }
 
     #[test]

@@ -130,16 +130,18 @@ impl Drop for InflightGuard {
 }
 
 /// One applied snapshot, prepared for routing: the accounts sorted once by
-/// [`routing_order`], with their state and health cells at the same positions.
+/// [`routing_order`], with their state and health cells at the same positions. The routing
+/// side sits behind `Arc`s so a delta that changes only keys shares it with the previous
+/// view instead of rebuilding it (key churn must not cost a pass over every account).
 pub(crate) struct View {
     pub snapshot: Snapshot,
-    pub accounts: Vec<RouteAccount>,
-    pub states: Vec<Arc<AccountState>>,
-    pub cells: Vec<Arc<HealthCell>>,
-    pub router: Router,
+    pub accounts: Arc<Vec<RouteAccount>>,
+    pub states: Arc<Vec<Arc<AccountState>>>,
+    pub cells: Arc<Vec<Arc<HealthCell>>>,
+    pub router: Arc<Router>,
     /// The time-independent part of eligibility per request shape, for this view's accounts
-    /// only: a new snapshot builds a new view and so starts with an empty cache.
-    prefilters: Mutex<PrefilterCache>,
+    /// only: a snapshot that changes accounts or the policy starts with an empty cache.
+    prefilters: Arc<Mutex<PrefilterCache>>,
 }
 
 /// What a prefilter depends on, besides the accounts.
@@ -176,11 +178,23 @@ impl View {
     ) -> Self {
         View {
             snapshot,
-            accounts,
-            states,
-            cells,
-            router,
-            prefilters: Mutex::new(PrefilterCache::default()),
+            accounts: Arc::new(accounts),
+            states: Arc::new(states),
+            cells: Arc::new(cells),
+            router: Arc::new(router),
+            prefilters: Arc::new(Mutex::new(PrefilterCache::default())),
+        }
+    }
+
+    /// This view's routing side over a snapshot whose accounts and policy are the same.
+    fn with_snapshot(&self, snapshot: Snapshot) -> Self {
+        View {
+            snapshot,
+            accounts: self.accounts.clone(),
+            states: self.states.clone(),
+            cells: self.cells.clone(),
+            router: self.router.clone(),
+            prefilters: self.prefilters.clone(),
         }
     }
 
@@ -312,15 +326,18 @@ impl Shared {
     /// Applies a delta on top of the current snapshot and swaps the new view in.
     pub fn apply(&self, delta: Delta) -> Result<i64, poolgate_core::Error> {
         let current = self.view();
-        let base = current.as_ref().map(|v| &v.snapshot);
-        let next = match base {
-            Some(s) => s.apply(delta)?,
-            None => Snapshot::default().apply(Delta {
+        let keys_only = !delta.full
+            && delta.upsert_accounts.is_empty()
+            && delta.remove_accounts.is_empty()
+            && delta.policy.is_none();
+        let view = match current.as_deref() {
+            Some(cur) if keys_only => cur.with_snapshot(cur.snapshot.apply(delta)?),
+            Some(cur) => self.build_view(cur.snapshot.apply(delta)?),
+            None => self.build_view(Snapshot::default().apply(Delta {
                 full: true,
                 ..delta
-            })?,
+            })?),
         };
-        let view = self.build_view(next);
         let version = view.version();
         self.view.store(Some(Arc::new(view)));
         self.metrics.snapshot_applied(version);
@@ -460,6 +477,67 @@ mod tests {
             usage: None,
             cooldown_until_ms: None,
         }
+    }
+
+    #[test]
+    fn a_key_only_delta_keeps_the_routing_side() {
+        let shared = Shared::new(Arc::new(Metrics::new()));
+        shared
+            .apply(Delta {
+                version: 1,
+                full: true,
+                upsert_accounts: vec![state("a", 0), state("b", 0)],
+                ..Default::default()
+            })
+            .unwrap();
+        let v1 = shared.view().unwrap();
+        let req = RouteRequest::new("m", "k");
+        let _ = v1.prefilter(&req);
+        let mut key = poolgate_core::PlatformKey {
+            id: "k1".into(),
+            spec: Default::default(),
+            prefix: "pgk_".into(),
+            hash: poolgate_core::key::hash_secret("secret"),
+            status: poolgate_core::KeyStatus::Active,
+            managed_by: ManagedBy::Api,
+            managed_ref: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        };
+        key.spec.name = "k1".into();
+        shared
+            .apply(Delta {
+                version: 2,
+                upsert_keys: vec![key],
+                ..Default::default()
+            })
+            .unwrap();
+        let v2 = shared.view().unwrap();
+        assert_eq!(v2.version(), 2);
+        assert!(
+            v2.snapshot
+                .key(&poolgate_core::snapshot::key_digest("secret"))
+                .is_some()
+        );
+        assert!(Arc::ptr_eq(&v1.accounts, &v2.accounts));
+        assert!(Arc::ptr_eq(&v1.cells, &v2.cells));
+        assert_eq!(
+            v2.cached_prefilters(),
+            1,
+            "the eligibility cache carries over"
+        );
+        // An account change rebuilds the routing side.
+        shared
+            .apply(Delta {
+                version: 3,
+                upsert_accounts: vec![state("c", 0)],
+                ..Default::default()
+            })
+            .unwrap();
+        let v3 = shared.view().unwrap();
+        assert!(!Arc::ptr_eq(&v2.accounts, &v3.accounts));
+        assert_eq!(v3.accounts.len(), 3);
+        assert_eq!(v3.cached_prefilters(), 0);
     }
 
     #[test]

@@ -119,20 +119,34 @@ pub(crate) fn enabled() -> bool {
 }
 
 /// The span of one client request; usage and status are recorded when it ends.
+///
+/// An INFO span when traces are exported; otherwise DEBUG, so at the usual log levels the
+/// hot path neither creates it nor has the log formatter render its fields for every
+/// request (request-path log events name the request id themselves).
 pub(crate) fn request_span(method: &str, route: &str, request_id: &str) -> tracing::Span {
-    tracing::info_span!(
-        "gateway_request",
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
-        request_id = %request_id,
-        gen_ai.system = "openai",
-        gen_ai.operation.name = "chat",
-        gen_ai.request.model = tracing::field::Empty,
-        gen_ai.usage.input_tokens = tracing::field::Empty,
-        gen_ai.usage.output_tokens = tracing::field::Empty,
-        http.response.status_code = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-    )
+    macro_rules! span {
+        ($level:expr) => {
+            tracing::span!(
+                $level,
+                "gateway_request",
+                otel.name = %format_args!("{method} {route}"),
+                otel.kind = "server",
+                request_id = %request_id,
+                gen_ai.system = "openai",
+                gen_ai.operation.name = "chat",
+                gen_ai.request.model = tracing::field::Empty,
+                gen_ai.usage.input_tokens = tracing::field::Empty,
+                gen_ai.usage.output_tokens = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+                error.type = tracing::field::Empty,
+            )
+        };
+    }
+    if enabled() {
+        span!(tracing::Level::INFO)
+    } else {
+        span!(tracing::Level::DEBUG)
+    }
 }
 
 struct HeaderIo<'a>(&'a HeaderMap);

@@ -1,227 +1,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! An in-process cluster: one control plane on PostgreSQL, three gateways following it over
-//! gRPC, and the mock upstream with three OpenAI API-key accounts. Needs
-//! `POOLGATE_TEST_DATABASE_URL`.
+//! The in-process cluster (tests/common/cluster.rs): one control plane on PostgreSQL, three
+//! gateways following it over gRPC, and the mock upstream with three OpenAI API-key accounts.
+//! Needs `POOLGATE_TEST_DATABASE_URL`.
 
 mod common;
 
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{KEY, client, platform_key, sse_data, test_config};
-use poolgate_control::{ControlConfig, ControlError};
-use poolgate_core::{AccountSpec, Credentials, KeyPatch, KeyStatus, Provider, Secret};
-use poolgate_gateway::{Gateway, GrpcReportSink, GrpcSnapshotSource, NodeToken, control_channel};
-use poolgate_store::{Cipher, PgStore, Store};
-use poolgate_testkit::mock::{Fault, MockUpstream};
+use common::cluster::{Cluster, GATEWAYS, TOKENS, eventually};
+use common::{KEY, platform_key, sse_data};
+use poolgate_core::{KeyPatch, KeyStatus};
+use poolgate_testkit::mock::Fault;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-const NODE_TOKEN: &str = "pgn_cluster_node_token_for_tests_0123456789";
-/// The API keys of the three upstream accounts (the mock tells accounts apart by them).
-const TOKENS: [&str; 3] = ["sk-acct-0", "sk-acct-1", "sk-acct-2"];
-/// Bound on every wait for something to propagate.
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Cluster {
-    store: Arc<dyn Store>,
-    mock: MockUpstream,
-    /// Account ids, in the order of `TOKENS`.
-    accounts: Vec<String>,
-    gateways: Vec<SocketAddr>,
-    admins: Vec<SocketAddr>,
-    http: reqwest::Client,
-    control_stop: Option<oneshot::Sender<()>>,
-    control: Option<JoinHandle<Result<(), ControlError>>>,
-}
-
-impl Cluster {
-    async fn start() -> Cluster {
-        let url = poolgate_testkit::pg::fresh_database().await.unwrap();
-        let store: Arc<dyn Store> = Arc::new(
-            PgStore::connect(&url, Cipher::new(&[7u8; 32]))
-                .await
-                .unwrap(),
-        );
-        let mock = MockUpstream::start().await.unwrap();
-        let mut accounts = Vec::new();
-        for (i, token) in TOKENS.iter().enumerate() {
-            let mut spec = AccountSpec::new(Provider::OpenAi, format!("acct-{i}"));
-            spec.base_url = Some(mock.openai_base_url());
-            let a = store
-                .create_account(
-                    spec.validate().unwrap(),
-                    Some(Credentials::ApiKey {
-                        key: Secret::new(*token),
-                    }),
-                    None,
-                    "test",
-                )
-                .await
-                .unwrap();
-            accounts.push(a.id);
-        }
-        store
-            .create_key(platform_key("key_main", KEY), "test")
-            .await
-            .unwrap();
-
-        let mut cfg = ControlConfig::new("127.0.0.1:0", "127.0.0.1:0");
-        cfg.node_token = Some(poolgate_control::NodeToken::from_plaintext(NODE_TOKEN).unwrap());
-        cfg.hub.poll_interval = Duration::from_millis(100);
-        let cp = poolgate_control::bind(cfg, store.clone()).await.unwrap();
-        let grpc = format!("http://{}", cp.grpc_addr());
-        let (control_stop, rx) = oneshot::channel::<()>();
-        let control = tokio::spawn(cp.run(async move {
-            let _ = rx.await;
-        }));
-
-        let (mut gateways, mut admins) = (Vec::new(), Vec::new());
-        for i in 0..3 {
-            let node = format!("gw-{i}");
-            let channel = control_channel(&grpc).unwrap();
-            let token = NodeToken::Value(NODE_TOKEN.into());
-            let source = Arc::new(GrpcSnapshotSource::new(
-                channel.clone(),
-                node.clone(),
-                token.clone(),
-            ));
-            let sink = Arc::new(GrpcReportSink::new(channel, token));
-            let mut gcfg = test_config();
-            gcfg.node_id = node;
-            gcfg.snapshot_backoff_max = Duration::from_millis(500);
-            let gw = Gateway::bind(gcfg, source, sink).await.unwrap();
-            gateways.push(gw.local_addr());
-            admins.push(gw.admin_addr());
-            // Runs until the test's runtime ends.
-            tokio::spawn(gw.run(std::future::pending()));
-        }
-        let c = Cluster {
-            store,
-            mock,
-            accounts,
-            gateways,
-            admins,
-            http: client(),
-            control_stop: Some(control_stop),
-            control: Some(control),
-        };
-        for admin in c.admins.clone() {
-            let http = c.http.clone();
-            let ready = eventually(|| {
-                let http = http.clone();
-                async move {
-                    http.get(format!("http://{admin}/readyz"))
-                        .send()
-                        .await
-                        .is_ok_and(|r| r.status() == 200)
-                }
-            })
-            .await;
-            assert!(ready, "gateway {admin} never loaded a snapshot");
-        }
-        c
-    }
-
-    /// A non-streaming chat completion through gateway `gw`.
-    async fn chat(&self, gw: usize, key: &str, session: Option<&str>) -> reqwest::Response {
-        let mut req = self
-            .http
-            .post(format!("http://{}/v1/chat/completions", self.gateways[gw]))
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .body(
-                json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}]})
-                    .to_string(),
-            );
-        if let Some(s) = session {
-            req = req.header("session_id", s);
-        }
-        req.send().await.unwrap()
-    }
-
-    /// The token of the last request the mock received.
-    fn last_token(&self) -> String {
-        self.mock
-            .requests()
-            .last()
-            .and_then(|r| r.token.clone())
-            .expect("a recorded request")
-    }
-
-    fn counts(&self) -> [u64; 3] {
-        TOKENS.map(|t| self.mock.request_count(t))
-    }
-
-    /// A session id that gateway 0 routes to account `target` (rendezvous affinity makes
-    /// this a property of the id, not of the request).
-    async fn session_on(&self, target: usize) -> String {
-        for i in 0..64 {
-            let s = format!("probe-{target}-{i}");
-            let r = self.chat(0, KEY, Some(&s)).await;
-            assert_eq!(r.status(), 200);
-            if self.last_token() == TOKENS[target] {
-                return s;
-            }
-        }
-        panic!("no session id lands on account {target}");
-    }
-
-    /// The version each gateway reports having applied.
-    async fn applied_version(&self, gw: usize) -> i64 {
-        let text = self
-            .http
-            .get(format!("http://{}/metrics", self.admins[gw]))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("poolgate_gateway_snapshot_version "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .map_or(-1, |v| v as i64)
-    }
-
-    /// Waits until every gateway applied the store's current version.
-    async fn wait_all_applied(&self) {
-        let v = self.store.current_version().await.unwrap();
-        for gw in 0..3 {
-            let mut reached = false;
-            for _ in 0..(WAIT.as_millis() / 50) {
-                if self.applied_version(gw).await >= v {
-                    reached = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            assert!(reached, "gateway {gw} never applied version {v}");
-        }
-    }
-}
-
-/// Polls `check` every 50 ms for up to [`WAIT`].
-async fn eventually<F, Fut>(mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    for _ in 0..(WAIT.as_millis() / 50) {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
 
 /// Polls until the key answers `status` on every gateway.
 async fn key_status_everywhere(c: &Cluster, key: &str, status: u16) {
-    for gw in 0..3 {
+    for gw in 0..GATEWAYS {
         let ok = eventually(|| async move {
             c.http
                 .get(format!("http://{}/v1/models", c.gateways[gw]))
@@ -247,7 +41,7 @@ async fn an_admin_change_reaches_every_gateway() {
         .await
         .unwrap();
     key_status_everywhere(&c, NEW, 200).await;
-    for gw in 0..3 {
+    for gw in 0..GATEWAYS {
         assert_eq!(c.chat(gw, NEW, None).await.status(), 200);
     }
 
@@ -258,7 +52,7 @@ async fn an_admin_change_reaches_every_gateway() {
     c.store.update_key(&key.id, &patch, "test").await.unwrap();
     // 403 `api_key_disabled`: the gateways know the key, as disabled.
     key_status_everywhere(&c, NEW, 403).await;
-    for gw in 0..3 {
+    for gw in 0..GATEWAYS {
         assert_eq!(c.chat(gw, NEW, None).await.status(), 403);
     }
     // The other key is untouched.
@@ -329,7 +123,7 @@ async fn replicas_agree_on_affinity() {
     for i in 0..12 {
         let session = format!("conv-{i}");
         let mut picked = Vec::new();
-        for gw in 0..3 {
+        for gw in 0..GATEWAYS {
             // Twice per gateway: the pick does not drift either.
             for _ in 0..2 {
                 let r = c.chat(gw, KEY, Some(&session)).await;
@@ -428,7 +222,7 @@ async fn gateways_keep_serving_without_the_control_plane() {
     assert!(result.is_ok(), "{result:?}");
 
     for round in 0..3 {
-        for gw in 0..3 {
+        for gw in 0..GATEWAYS {
             let r = c.chat(gw, KEY, Some(&format!("after-{round}"))).await;
             assert_eq!(r.status(), 200, "gateway {gw} round {round}");
             let r = c

@@ -576,6 +576,128 @@ async fn a_drop_after_the_first_byte_ends_cleanly_without_failover() {
 }
 
 #[tokio::test]
+async fn a_quota_failure_after_the_first_byte_is_reported_and_cools_the_account() {
+    let h = two_codex().await;
+    // Paced, so the content reaches the client before the failure arrives.
+    h.mock.set_pacing(
+        "tok-a",
+        Pacing {
+            deltas: Some(3),
+            delta_delay_ms: Some(50),
+        },
+    );
+    h.mock.set_fault(
+        "tok-a",
+        Fault::FailureAfterContent {
+            code: "usage_limit_reached".into(),
+            resets_in_secs: Some(1800),
+        }
+        .times(1),
+    );
+    let before = now_ms();
+    let r = h
+        .post("/v1/responses", &responses_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = request_id(&r);
+    let body = text_of(r).await;
+    assert!(body.contains("response.output_text.delta"), "{body}");
+    assert!(body.contains("event: response.failed"), "{body}");
+    assert!(!body.contains("response.completed"), "{body}");
+    let log = h.log(&id).await;
+    assert_eq!(log.attempts.len(), 1, "no failover after the first byte");
+    assert_eq!(log.error_class, Some(ErrorClass::QuotaExhausted));
+    assert_eq!(h.mock.request_count("tok-b"), 0);
+    // Reported like a usage_limit_reached before the first byte: quota, with its reset.
+    let found = h
+        .sink
+        .wait_for(Duration::from_secs(5), |b| {
+            b.iter().flat_map(|b| &b.observations).any(|o| {
+                o.account_id == "acc_a"
+                    && matches!(o.kind, ObservationKind::QuotaExhausted { until_ms }
+                        if (before + 1_799_000..=now_ms() + 1_800_000).contains(&until_ms))
+            })
+        })
+        .await;
+    assert!(found, "{:?}", h.sink.observations());
+    // And the account cools down here at once: the next request goes to acc_b.
+    let r = h
+        .post("/v1/responses", &responses_body(false))
+        .send()
+        .await
+        .unwrap();
+    let log = h.log(&request_id(&r)).await;
+    assert_eq!(log.account_id.as_deref(), Some("acc_b"));
+    assert_eq!(log.attempts.len(), 1);
+    let m = h.metrics().await;
+    assert!(
+        m.contains("poolgate_gateway_cooldowns_total{reason=\"quota_exhausted\"} 1"),
+        "{m}"
+    );
+
+    // The same through the chat translation, with a rate limit: reported as one.
+    h.mock.set_pacing(
+        "tok-b",
+        Pacing {
+            deltas: Some(3),
+            delta_delay_ms: Some(50),
+        },
+    );
+    h.mock.set_fault(
+        "tok-b",
+        Fault::FailureAfterContent {
+            code: "rate_limit_exceeded".into(),
+            resets_in_secs: None,
+        }
+        .times(1),
+    );
+    let r = h
+        .post("/v1/chat/completions", &chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let frames = sse_data(&text_of(r).await);
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["choices"][0]["delta"]["content"].is_string())
+    );
+    // The translator's error frame (followed by its `[DONE]`), no finish reason.
+    assert!(
+        frames
+            .iter()
+            .any(|f| f["error"]["code"] == "rate_limit_exceeded"),
+        "{frames:?}"
+    );
+    assert!(
+        !frames
+            .iter()
+            .any(|f| f["choices"][0]["finish_reason"].is_string()),
+        "{frames:?}"
+    );
+    let found = h
+        .sink
+        .wait_for(Duration::from_secs(5), |b| {
+            b.iter().flat_map(|b| &b.observations).any(|o| {
+                o.account_id == "acc_b" && matches!(o.kind, ObservationKind::RateLimited { .. })
+            })
+        })
+        .await;
+    assert!(found, "{:?}", h.sink.observations());
+    h.stop().await;
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test]
 async fn a_pool_out_of_quota_answers_usage_limit_reached() {
     let h = Harness::start(test_config(), |m| {
         let now = std::time::SystemTime::now()

@@ -149,6 +149,12 @@ fn run_control(env: &[(&str, &str)]) -> (i32, String) {
         "POOLGATE_ENCRYPTION_KEY_FILE",
         "POOLGATE_ADMIN_TOKEN_FILE",
         "POOLGATE_NODE_TOKEN_FILE",
+        "POOLGATE_LEADER_ELECTION",
+        "POOLGATE_KUBERNETES_CONTROLLER",
+        "POOLGATE_LEASE_NAME",
+        "POOLGATE_NAMESPACE",
+        "POOLGATE_ROUTING_POLICY_FILE",
+        "KUBERNETES_SERVICE_HOST",
     ] {
         cmd.env_remove(k);
     }
@@ -175,8 +181,11 @@ fn control_rejects_bad_configuration_in_one_line() {
     let (key, token) = (key.display().to_string(), token.display().to_string());
     let node = node.display().to_string();
     let url = "postgres://app:hunter2@127.0.0.1:1/db";
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, "strategy: balanced\np2c_window: 0\n").unwrap();
+    let policy = policy.display().to_string();
 
-    let cases: [Case<'_>; 8] = [
+    let cases: [Case<'_>; 10] = [
         (
             vec![],
             2,
@@ -250,6 +259,30 @@ fn control_rejects_bad_configuration_in_one_line() {
             ],
             1,
             "cannot use PostgreSQL (host=127.0.0.1 port=1 dbname=db user=app)",
+        ),
+        // Checked before connecting: a bad policy file or Lease name is exit 2, not 1.
+        (
+            vec![
+                ("POOLGATE_DATABASE_URL", url),
+                ("POOLGATE_ADMIN_TOKEN_FILE", &token),
+                ("POOLGATE_NODE_TOKEN_FILE", &node),
+                ("POOLGATE_ENCRYPTION_KEY_FILE", &key),
+                ("POOLGATE_ROUTING_POLICY_FILE", &policy),
+            ],
+            2,
+            "--routing-policy-file / POOLGATE_ROUTING_POLICY_FILE",
+        ),
+        (
+            vec![
+                ("POOLGATE_DATABASE_URL", url),
+                ("POOLGATE_ADMIN_TOKEN_FILE", &token),
+                ("POOLGATE_NODE_TOKEN_FILE", &node),
+                ("POOLGATE_ENCRYPTION_KEY_FILE", &key),
+                ("POOLGATE_LEADER_ELECTION", "kubernetes"),
+                ("POOLGATE_LEASE_NAME", "Not_A_Lease"),
+            ],
+            2,
+            "--lease-name / POOLGATE_LEASE_NAME",
         ),
     ];
     for (env, code, needle) in cases {

@@ -207,6 +207,19 @@ pub trait Store: Send + Sync + 'static {
         managed_ref: Option<&str>,
         actor: &str,
     ) -> Result<Account>;
+    /// Creates an account owned by a Kubernetes resource, in one transaction: as
+    /// `create_account`, then `managed_by=kubernetes` with `managed_ref` naming the resource
+    /// (e.g. `UpstreamAccount ns/name`).
+    async fn create_managed_account(
+        &self,
+        spec: AccountSpec,
+        credentials: Option<Credentials>,
+        identity: Option<CodexIdentity>,
+        managed_ref: &str,
+        actor: &str,
+    ) -> Result<Account>;
+    /// The Kubernetes-managed account whose `managed_ref` is exactly this, if any.
+    async fn find_managed_account(&self, managed_ref: &str) -> Result<Option<Account>>;
 
     // --- usage ------------------------------------------------------------------------------
     async fn set_usage(&self, account_id: &str, usage: &UsageSnapshot) -> Result<()>;
@@ -220,6 +233,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_keys(&self, page: &PageRequest) -> Result<Page<PlatformKey>>;
     async fn update_key(&self, id: &str, patch: &KeyPatch, actor: &str) -> Result<PlatformKey>;
     async fn delete_key(&self, id: &str, actor: &str) -> Result<()>;
+    /// The Kubernetes-managed key whose `managed_ref` is exactly this (e.g.
+    /// `PlatformKey ns/name`), if any.
+    async fn find_managed_key(&self, managed_ref: &str) -> Result<Option<PlatformKey>>;
 
     // --- admin tokens -----------------------------------------------------------------------
     async fn create_admin_token(&self, token: AdminToken, actor: &str) -> Result<AdminToken>;
@@ -245,6 +261,9 @@ pub trait Store: Send + Sync + 'static {
     /// The stored policy, or the default when none was set.
     async fn get_policy(&self) -> Result<RoutingPolicy>;
     async fn set_policy(&self, policy: &RoutingPolicy, actor: &str) -> Result<()>;
+    /// Saves `policy` only when none was ever saved (seeding defaults at start); returns
+    /// whether it did. Never overwrites a policy set through the API.
+    async fn seed_policy(&self, policy: &RoutingPolicy, actor: &str) -> Result<bool>;
 
     // --- audit and change log ---------------------------------------------------------------
     /// Newest first.

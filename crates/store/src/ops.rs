@@ -529,10 +529,17 @@ async fn put_credentials<T: Tx>(
         ],
     )
     .await?;
-    // New credentials answer a pending refresh request.
+    // New credentials answer a pending refresh request and lift the cooldown the refused
+    // ones started.
     tx.exec(
         "UPDATE accounts SET needs_refresh = $2 WHERE id = $1 AND needs_refresh = $3",
         &[id.into(), false.into(), true.into()],
+    )
+    .await?;
+    tx.exec(
+        "UPDATE accounts SET cooldown_until_ms = NULL, cooldown_reason = NULL \
+         WHERE id = $1 AND cooldown_reason = $2",
+        &[id.into(), "auth_failed".into()],
     )
     .await?;
     Ok(())
@@ -836,6 +843,56 @@ pub(crate) async fn import_one<T: Tx>(
     Ok(ImportOutcome::Created(account))
 }
 
+/// See `Store::create_managed_account`: the account and its owner in one transaction, so a
+/// crash never leaves an API-managed copy of a resource's account behind.
+pub(crate) async fn create_managed_account<T: Tx>(
+    tx: &T,
+    cipher: &Cipher,
+    spec: AccountSpec,
+    credentials: Option<Credentials>,
+    identity: Option<CodexIdentity>,
+    managed_ref: &str,
+    actor: &str,
+) -> Result<Account> {
+    let account = create_account(
+        tx,
+        cipher,
+        spec,
+        credentials,
+        identity,
+        actor,
+        "account.create",
+    )
+    .await?;
+    set_account_managed_by(
+        tx,
+        &account.id,
+        ManagedBy::Kubernetes,
+        Some(managed_ref),
+        actor,
+    )
+    .await
+}
+
+/// See `Store::find_managed_account`.
+pub(crate) async fn find_managed_account<T: Tx>(
+    tx: &T,
+    managed_ref: &str,
+) -> Result<Option<Account>> {
+    let sql = format!(
+        "SELECT {ACCOUNT_READ_COLS} FROM accounts a WHERE a.managed_by = $1 \
+         AND a.managed_ref = $2 ORDER BY a.id LIMIT 1"
+    );
+    tx.query(
+        &sql,
+        &[ManagedBy::Kubernetes.as_str().into(), managed_ref.into()],
+    )
+    .await?
+    .first()
+    .map(account_from_row)
+    .transpose()
+}
+
 /// See `Store::set_account_managed_by`.
 pub(crate) async fn set_account_managed_by<T: Tx>(
     tx: &T,
@@ -1088,6 +1145,25 @@ pub(crate) async fn update_key<T: Tx>(
     audit(tx, actor, "key.update", "key", id, &detail).await?;
     record_change(tx, ResourceKind::Key, id, false).await?;
     Ok(next)
+}
+
+/// See `Store::find_managed_key`.
+pub(crate) async fn find_managed_key<T: Tx>(
+    tx: &T,
+    managed_ref: &str,
+) -> Result<Option<PlatformKey>> {
+    let sql = format!(
+        "SELECT {KEY_COLS} FROM platform_keys WHERE managed_by = $1 AND managed_ref = $2 \
+         ORDER BY id LIMIT 1"
+    );
+    tx.query(
+        &sql,
+        &[ManagedBy::Kubernetes.as_str().into(), managed_ref.into()],
+    )
+    .await?
+    .first()
+    .map(key_from_row)
+    .transpose()
 }
 
 pub(crate) async fn delete_key<T: Tx>(tx: &T, id: &str, actor: &str) -> Result<()> {
@@ -1423,11 +1499,42 @@ pub(crate) async fn set_policy<T: Tx>(tx: &T, policy: &RoutingPolicy, actor: &st
         &[to_json(policy)?.into(), now_ms().into()],
     )
     .await?;
+    policy_written(tx, policy, actor, "policy.set").await
+}
+
+/// Writes `policy` only when none is stored; returns whether it did. One statement, so two
+/// replicas seeding at once cannot both write, and neither overwrites an API-set policy.
+pub(crate) async fn seed_policy<T: Tx>(
+    tx: &T,
+    policy: &RoutingPolicy,
+    actor: &str,
+) -> Result<bool> {
+    policy.validate()?;
+    let inserted = tx
+        .exec(
+            "INSERT INTO routing_policy (id, policy, updated_at_ms) VALUES (1, $1, $2) \
+             ON CONFLICT (id) DO NOTHING",
+            &[to_json(policy)?.into(), now_ms().into()],
+        )
+        .await?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    policy_written(tx, policy, actor, "policy.seed").await?;
+    Ok(true)
+}
+
+async fn policy_written<T: Tx>(
+    tx: &T,
+    policy: &RoutingPolicy,
+    actor: &str,
+    action: &str,
+) -> Result<()> {
     let detail = format!(
         "strategy={} p2c_window={} default_max_inflight={}",
         policy.strategy, policy.p2c_window, policy.default_max_inflight
     );
-    audit(tx, actor, "policy.set", "policy", POLICY_ID, &detail).await?;
+    audit(tx, actor, action, "policy", POLICY_ID, &detail).await?;
     record_change(tx, ResourceKind::Policy, POLICY_ID, false).await?;
     Ok(())
 }
@@ -1767,7 +1874,15 @@ fn fold_exhausted(usage: &mut Option<UsageSnapshot>, until: i64, ts: i64) {
     }
 }
 
-fn fold_one(f: &mut Fold, o: &Observation, cipher: &Cipher, now: i64) -> Result<()> {
+/// `auth_cooldown_ms`: how long every gateway passes over an account whose credentials an
+/// upstream refused while a token refresh is pending (the policy's `cooldown_auth_secs`).
+fn fold_one(
+    f: &mut Fold,
+    o: &Observation,
+    cipher: &Cipher,
+    now: i64,
+    auth_cooldown_ms: i64,
+) -> Result<()> {
     match &o.kind {
         ObservationKind::RateLimited { until_ms } => {
             extend_cooldown(&mut f.after, *until_ms, "rate_limited", now);
@@ -1780,6 +1895,17 @@ fn fold_one(f: &mut Fold, o: &Observation, cipher: &Cipher, now: i64) -> Result<
         ObservationKind::AuthFailed => {
             if f.refreshable(cipher)? {
                 f.after.needs_refresh = true;
+                // The cooldown is what reaches every gateway (a change-log row); the flag
+                // alone would leave the others sending requests with the refused token. More
+                // refusals while it runs change nothing.
+                if f.after.cooldown_until_ms.is_none_or(|c| c <= now) {
+                    extend_cooldown(
+                        &mut f.after,
+                        now.saturating_add(auth_cooldown_ms),
+                        "auth_failed",
+                        now,
+                    );
+                }
             } else {
                 f.make_unavailable(StatusReason::AuthInvalid, &o.detail);
             }
@@ -1913,9 +2039,17 @@ pub(crate) async fn record_observations<T: Tx>(
     let mut ordered: Vec<&Observation> = observations.iter().collect();
     ordered.sort_by_key(|o| o.ts_ms);
     let now = now_ms();
+    let auth_cooldown_ms = if ordered
+        .iter()
+        .any(|o| matches!(o.kind, ObservationKind::AuthFailed))
+    {
+        i64::from(get_policy(tx).await?.cooldown_auth_secs).saturating_mul(1000)
+    } else {
+        0
+    };
     for o in ordered {
         match folds.get_mut(&o.account_id) {
-            Some(f) => fold_one(f, o, cipher, now)?,
+            Some(f) => fold_one(f, o, cipher, now, auth_cooldown_ms)?,
             None => out.unknown += 1,
         }
     }

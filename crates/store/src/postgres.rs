@@ -521,6 +521,32 @@ impl Store for PgStore {
         write_tx!(self, |tx| ops::delete_account(tx, id, actor).await)
     }
 
+    async fn create_managed_account(
+        &self,
+        spec: AccountSpec,
+        credentials: Option<Credentials>,
+        identity: Option<CodexIdentity>,
+        managed_ref: &str,
+        actor: &str,
+    ) -> Result<Account> {
+        write_tx!(self, |tx| {
+            ops::create_managed_account(
+                tx,
+                &self.cipher,
+                spec,
+                credentials,
+                identity,
+                managed_ref,
+                actor,
+            )
+            .await
+        })
+    }
+
+    async fn find_managed_account(&self, managed_ref: &str) -> Result<Option<Account>> {
+        read!(self, |tx| ops::find_managed_account(tx, managed_ref).await)
+    }
+
     async fn set_account_managed_by(
         &self,
         id: &str,
@@ -600,6 +626,10 @@ impl Store for PgStore {
 
     async fn delete_key(&self, id: &str, actor: &str) -> Result<()> {
         write_tx!(self, |tx| ops::delete_key(tx, id, actor).await)
+    }
+
+    async fn find_managed_key(&self, managed_ref: &str) -> Result<Option<PlatformKey>> {
+        read!(self, |tx| ops::find_managed_key(tx, managed_ref).await)
     }
 
     async fn create_admin_token(&self, token: AdminToken, actor: &str) -> Result<AdminToken> {
@@ -698,6 +728,10 @@ impl Store for PgStore {
 
     async fn set_policy(&self, policy: &RoutingPolicy, actor: &str) -> Result<()> {
         write_tx!(self, |tx| ops::set_policy(tx, policy, actor).await)
+    }
+
+    async fn seed_policy(&self, policy: &RoutingPolicy, actor: &str) -> Result<bool> {
+        write_tx!(self, |tx| ops::seed_policy(tx, policy, actor).await)
     }
 
     async fn list_audit(&self, page: &PageRequest) -> Result<Page<AuditEvent>> {

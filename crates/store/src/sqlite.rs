@@ -341,6 +341,30 @@ impl Store for SqliteStore {
         write_tx!(self, |tx| ops::delete_account(tx, &id, &actor).await)
     }
 
+    async fn create_managed_account(
+        &self,
+        spec: AccountSpec,
+        credentials: Option<Credentials>,
+        identity: Option<CodexIdentity>,
+        managed_ref: &str,
+        actor: &str,
+    ) -> Result<Account> {
+        let (cipher, mref, actor) = (
+            self.cipher.clone(),
+            managed_ref.to_string(),
+            actor.to_string(),
+        );
+        write_tx!(self, |tx| {
+            ops::create_managed_account(tx, &cipher, spec, credentials, identity, &mref, &actor)
+                .await
+        })
+    }
+
+    async fn find_managed_account(&self, managed_ref: &str) -> Result<Option<Account>> {
+        let mref = managed_ref.to_string();
+        read!(self, |tx| ops::find_managed_account(tx, &mref).await)
+    }
+
     async fn set_account_managed_by(
         &self,
         id: &str,
@@ -435,6 +459,11 @@ impl Store for SqliteStore {
         write_tx!(self, |tx| ops::delete_key(tx, &id, &actor).await)
     }
 
+    async fn find_managed_key(&self, managed_ref: &str) -> Result<Option<PlatformKey>> {
+        let mref = managed_ref.to_string();
+        read!(self, |tx| ops::find_managed_key(tx, &mref).await)
+    }
+
     async fn create_admin_token(&self, token: AdminToken, actor: &str) -> Result<AdminToken> {
         let actor = actor.to_string();
         write_tx!(self, |tx| ops::create_admin_token(tx, token, &actor).await)
@@ -513,6 +542,11 @@ impl Store for SqliteStore {
     async fn set_policy(&self, policy: &RoutingPolicy, actor: &str) -> Result<()> {
         let (policy, actor) = (policy.clone(), actor.to_string());
         write_tx!(self, |tx| ops::set_policy(tx, &policy, &actor).await)
+    }
+
+    async fn seed_policy(&self, policy: &RoutingPolicy, actor: &str) -> Result<bool> {
+        let (policy, actor) = (policy.clone(), actor.to_string());
+        write_tx!(self, |tx| ops::seed_policy(tx, &policy, &actor).await)
     }
 
     async fn list_audit(&self, page: &PageRequest) -> Result<Page<AuditEvent>> {

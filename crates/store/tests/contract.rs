@@ -57,10 +57,12 @@ contract!(
     admin_tokens,
     request_logs_filters_pagination_summary_prune,
     policy_default_set_invalid,
+    policy_seed_only_when_none_saved,
     audit_events_per_mutation_without_secrets,
     change_log_versions,
     reopen_keeps_data_and_migrations_are_idempotent,
     managed_by_handover,
+    kubernetes_managed_create_and_find,
     text_a_database_cannot_hold,
     cooldowns_fold_to_the_latest,
     quota_exhaustion_marks_its_window,
@@ -1352,6 +1354,48 @@ async fn policy_default_set_invalid(f: &Fixture) {
     );
 }
 
+async fn policy_seed_only_when_none_saved(f: &Fixture) {
+    let s = &*f.store;
+    let bad = RoutingPolicy {
+        p2c_window: 0,
+        ..Default::default()
+    };
+    is_invalid(s.seed_policy(&bad, "boot").await);
+    assert_eq!(f.count("routing_policy").await, 0);
+
+    let seeded = RoutingPolicy {
+        strategy: Strategy::Balanced,
+        p2c_window: 4,
+        ..Default::default()
+    };
+    assert!(s.seed_policy(&seeded, "boot").await.unwrap());
+    assert_eq!(s.get_policy().await.unwrap(), seeded);
+    // Seeding again (another replica, a restart) changes nothing...
+    let other = RoutingPolicy {
+        p2c_window: 9,
+        ..Default::default()
+    };
+    assert!(!s.seed_policy(&other, "boot").await.unwrap());
+    assert_eq!(s.get_policy().await.unwrap(), seeded);
+    // ...and never overwrites a policy set through the API.
+    s.set_policy(&other, "alice").await.unwrap();
+    assert!(!s.seed_policy(&seeded, "boot").await.unwrap());
+    assert_eq!(s.get_policy().await.unwrap(), other);
+
+    let changes = s.changes_since(0, 100).await.unwrap();
+    assert_eq!(changes.len(), 2, "one change for the seed, one for the set");
+    let actions: Vec<_> = all_audit(s)
+        .await
+        .into_iter()
+        .map(|e| (e.actor, e.action))
+        .collect();
+    assert!(
+        actions.contains(&("boot".into(), "policy.seed".into())),
+        "{actions:?}"
+    );
+    assert_eq!(actions.iter().filter(|(a, _)| a == "boot").count(), 1);
+}
+
 async fn audit_events_per_mutation_without_secrets(f: &Fixture) {
     let s = &*f.store;
     let key_secret = api_key("sk-AUDIT-SECRET-1");
@@ -1717,6 +1761,106 @@ async fn managed_by_handover(f: &Fixture) {
     assert_eq!((back.managed_by, back.managed_ref), (ManagedBy::Api, None));
 }
 
+async fn kubernetes_managed_create_and_find(f: &Fixture) {
+    let s = &*f.store;
+    const REF: &str = "UpstreamAccount pool/main";
+    assert_eq!(s.find_managed_account(REF).await.unwrap(), None);
+
+    // A bad reference writes nothing, not even the account.
+    let version = s.current_version().await.unwrap();
+    is_invalid(
+        s.create_managed_account(openai("x"), Some(api_key("sk-x")), None, " ", "controller")
+            .await,
+    );
+    assert_eq!(s.current_version().await.unwrap(), version);
+    assert_eq!(f.count("accounts").await, 0);
+
+    let a = s
+        .create_managed_account(
+            openai("main"),
+            Some(api_key("sk-main")),
+            None,
+            REF,
+            "controller",
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.managed_by, poolgate_core::ManagedBy::Kubernetes);
+    assert_eq!(a.managed_ref.as_deref(), Some(REF));
+    assert!(a.has_credentials);
+    assert_eq!(s.get_account(&a.id).await.unwrap(), a);
+    assert_eq!(s.find_managed_account(REF).await.unwrap(), Some(a.clone()));
+    assert_eq!(
+        s.get_credentials(&a.id).await.unwrap(),
+        Some(api_key("sk-main"))
+    );
+
+    // Only Kubernetes-managed objects with exactly that reference are found.
+    s.create_account(openai("api"), Some(api_key("sk-api")), None, "alice")
+        .await
+        .unwrap();
+    assert_eq!(
+        s.find_managed_account("UpstreamAccount pool/other")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.find_managed_account("upstreamaccount pool/main")
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Codex identities stay unique across owners.
+    let login = codex_login("kube-owner", "ws-ko", 1);
+    s.create_managed_account(
+        poolgate_core::AccountSpec::new(Provider::Codex, "c1"),
+        Some(Credentials::OAuth(login.tokens.clone())),
+        Some(login.identity.clone()),
+        "UpstreamAccount pool/c1",
+        "controller",
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        s.create_managed_account(
+            poolgate_core::AccountSpec::new(Provider::Codex, "c2"),
+            Some(Credentials::OAuth(login.tokens)),
+            Some(login.identity),
+            "UpstreamAccount pool/c2",
+            "controller",
+        )
+        .await,
+        Err(StoreError::AlreadyExists {
+            kind: "account",
+            ..
+        })
+    ));
+    assert_eq!(
+        s.find_managed_account("UpstreamAccount pool/c2")
+            .await
+            .unwrap(),
+        None
+    );
+
+    const KEY_REF: &str = "PlatformKey pool/ci";
+    assert_eq!(s.find_managed_key(KEY_REF).await.unwrap(), None);
+    let (mut key, _) = new_key("ci", 41);
+    key.managed_by = poolgate_core::ManagedBy::Kubernetes;
+    key.managed_ref = Some(KEY_REF.into());
+    let k = s.create_key(key, "controller").await.unwrap();
+    let (api_key_row, _) = new_key("api", 42);
+    s.create_key(api_key_row, "alice").await.unwrap();
+    assert_eq!(s.find_managed_key(KEY_REF).await.unwrap(), Some(k.clone()));
+    assert_eq!(
+        s.find_managed_key("PlatformKey pool/x").await.unwrap(),
+        None
+    );
+    s.delete_key(&k.id, "controller").await.unwrap();
+    assert_eq!(s.find_managed_key(KEY_REF).await.unwrap(), None);
+}
+
 // --- backend-specific ------------------------------------------------------------------------
 
 #[cfg(unix)]
@@ -2073,10 +2217,21 @@ async fn auth_failures_and_deactivation(f: &Fixture) {
         .unwrap();
     let now = now_ms();
 
-    // A refreshable login is marked for the refresh job; gateways see no change.
+    // A refreshable login is marked for the refresh job and cooled for the policy's
+    // `cooldown_auth_secs` on every gateway (one change-log row).
     let (out, rows) = record(s, vec![obs(refreshable, now, ObservationKind::AuthFailed)]).await;
     assert_eq!(out.refresh_requested, 1);
-    assert_eq!((out.changed_accounts.len(), rows), (0, 0));
+    assert_eq!((out.changed_accounts.len(), rows), (1, 1));
+    let st = s
+        .load_account_states(std::slice::from_ref(refreshable))
+        .await
+        .unwrap();
+    let until = st[0].cooldown_until_ms.unwrap();
+    let auth_secs = i64::from(s.get_policy().await.unwrap().cooldown_auth_secs);
+    assert!(
+        until > now && until <= now_ms() + auth_secs * 1000,
+        "cooldown {until} vs now {now}"
+    );
     assert_eq!(
         s.accounts_needing_refresh().await.unwrap(),
         vec![refreshable.clone()]
@@ -2085,13 +2240,25 @@ async fn auth_failures_and_deactivation(f: &Fixture) {
         s.get_account(refreshable).await.unwrap().status,
         AccountStatus::Active
     );
-    let (out, _) = record(s, vec![obs(refreshable, now, ObservationKind::AuthFailed)]).await;
+    let (out, rows) = record(s, vec![obs(refreshable, now, ObservationKind::AuthFailed)]).await;
     assert_eq!(out.refresh_requested, 0);
+    assert_eq!(
+        rows, 0,
+        "a second refusal during the cooldown changes nothing"
+    );
     // New credentials answer the request.
     s.import_codex(vec![codex_login("u1", "w", 1)], "default", "t")
         .await
         .unwrap();
     assert!(s.accounts_needing_refresh().await.unwrap().is_empty());
+    let st = s
+        .load_account_states(std::slice::from_ref(refreshable))
+        .await
+        .unwrap();
+    assert_eq!(
+        st[0].cooldown_until_ms, None,
+        "new tokens lift the auth cooldown"
+    );
 
     // Without a refresh token (or with an API key) the account is unusable.
     let (out, rows) = record(

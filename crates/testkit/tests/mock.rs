@@ -1429,6 +1429,64 @@ async fn in_stream_failures_classify_for_failover() {
 }
 
 #[tokio::test]
+async fn failures_after_content_come_after_the_deltas() {
+    let mock = MockUpstream::start().await.unwrap();
+    let c = client();
+    mock.set_fault(
+        "t",
+        Fault::FailureAfterContent {
+            code: "usage_limit_reached".into(),
+            resets_in_secs: Some(60),
+        }
+        .times(1),
+    );
+    let now = now_ms();
+    let events = codex(&c, &mock, "t", &codex_body("x"), &[]).await.events();
+    let types = event_types(&events);
+    let first_delta = types
+        .iter()
+        .position(|t| t == "response.output_text.delta")
+        .expect("content before the failure");
+    assert_eq!(types.last().map(String::as_str), Some("response.failed"));
+    assert!(first_delta < types.len() - 1);
+    assert!(!types.iter().any(|t| t == "response.completed"));
+    assert_eq!(
+        classify_stream_event(events.last().unwrap(), now),
+        StreamEventClass::Failed(Outcome::QuotaExhausted {
+            resets_at_ms: Some(now + 60_000)
+        })
+    );
+    // Used up: the next stream completes.
+    let events = codex(&c, &mock, "t", &codex_body("x"), &[]).await.events();
+    assert_eq!(
+        event_types(&events).last().map(String::as_str),
+        Some("response.completed")
+    );
+
+    mock.set_fault(
+        "k",
+        Fault::FailureAfterContent {
+            code: "rate_limit_exceeded".into(),
+            resets_in_secs: None,
+        }
+        .times(1),
+    );
+    let chat = json!({"model": "m", "stream": true,
+                      "messages": [{"role": "user", "content": "hello"}]});
+    let events = openai(&c, &mock, "/chat/completions", "k", &chat, &[])
+        .await
+        .events();
+    let data: Vec<Value> = events.iter().filter_map(SseEvent::json).collect();
+    let content: String = data
+        .iter()
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "echo: hello");
+    assert_eq!(data.last().unwrap()["error"]["code"], "rate_limit_exceeded");
+    assert!(!events.iter().any(SseEvent::is_done));
+}
+
+#[tokio::test]
 async fn control_api_over_http() {
     let mock = MockUpstream::start().await.unwrap();
     let c = client();

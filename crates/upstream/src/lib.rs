@@ -159,10 +159,20 @@ pub async fn collect_body(mut body: BodyStream, limit: usize) -> Result<Bytes, U
     Ok(buf.freeze())
 }
 
+/// The pool for accounts without a proxy: hyper's client with rustls, no more. This is the
+/// hot path (every request of most deployments), and reqwest's layers on top of the same
+/// hyper client (URL parsing with IDNA, redirect bookkeeping, URL-to-URI conversion) cost a
+/// measurable share of the gateway's CPU per request.
+type DirectClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Full<Bytes>,
+>;
+
 /// The HTTP clients. Cheap to share (`Arc`); build one per process.
 pub struct UpstreamClient {
     cfg: UpstreamConfig,
-    direct: reqwest::Client,
+    direct: DirectClient,
+    /// Accounts with a proxy go through reqwest, which speaks HTTP CONNECT and SOCKS.
     proxied: Mutex<HashMap<String, reqwest::Client>>,
     codex_user_agent: HeaderValue,
     own_user_agent: HeaderValue,
@@ -186,7 +196,7 @@ pub fn install_crypto_provider() {
 impl UpstreamClient {
     pub fn new(cfg: UpstreamConfig) -> Result<Arc<Self>, UpstreamError> {
         install_crypto_provider();
-        let direct = build_client(&cfg, None)?;
+        let direct = build_direct_client(&cfg)?;
         let codex_user_agent = HeaderValue::from_str(&codex_user_agent(&cfg.codex_version))
             .map_err(|_| UpstreamError::Config("codex_version has invalid characters".into()))?;
         let own_user_agent =
@@ -204,11 +214,8 @@ impl UpstreamClient {
         &self.cfg
     }
 
-    /// The client for an account: the shared pool, or its proxy's.
-    fn client_for(&self, proxy_url: Option<&str>) -> Result<reqwest::Client, UpstreamError> {
-        let Some(url) = proxy_url.map(str::trim).filter(|u| !u.is_empty()) else {
-            return Ok(self.direct.clone());
-        };
+    /// The reqwest client of a proxy (one per distinct proxy URL).
+    fn proxied_client(&self, url: &str) -> Result<reqwest::Client, UpstreamError> {
         let mut cache = self
             .proxied
             .lock()
@@ -216,7 +223,7 @@ impl UpstreamClient {
         if let Some(c) = cache.get(url) {
             return Ok(c.clone());
         }
-        let client = build_client(&self.cfg, Some(url))?;
+        let client = build_client(&self.cfg, url)?;
         if cache.len() >= self.cfg.max_proxy_clients.max(1) {
             // Proxies rarely change; starting over keeps the cache bounded without LRU state.
             cache.clear();
@@ -251,7 +258,17 @@ impl UpstreamClient {
                 });
             }
         };
-        let client = self.client_for(account.account.spec.proxy_url.as_deref())?;
+        let proxy = account
+            .account
+            .spec
+            .proxy_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty());
+        let Some(proxy) = proxy else {
+            return self.send_direct(url, req, headers).await;
+        };
+        let client = self.proxied_client(proxy)?;
         let mut builder = client.request(req.endpoint.method(), url).headers(headers);
         if req.endpoint.method() == Method::POST {
             builder = builder.body(req.body);
@@ -265,6 +282,40 @@ impl UpstreamClient {
         Ok(UpstreamResponse {
             status,
             headers,
+            body: Box::pin(body),
+        })
+    }
+
+    async fn send_direct(
+        &self,
+        url: String,
+        req: UpstreamRequest<'_>,
+        headers: HeaderMap,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let uri = http::Uri::try_from(url).map_err(|_| {
+            UpstreamError::Config("the account's base URL is not a valid URL".into())
+        })?;
+        let method = req.endpoint.method();
+        let body = if method == Method::POST {
+            req.body
+        } else {
+            Bytes::new()
+        };
+        let mut request = http::Request::new(http_body_util::Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = headers;
+        let resp = self
+            .direct
+            .request(request)
+            .await
+            .map_err(UpstreamError::from_hyper)?;
+        let (parts, body) = resp.into_parts();
+        let body = http_body_util::BodyDataStream::new(body)
+            .map(|r| r.map_err(|e| UpstreamError::Body(error::chain(&e))));
+        Ok(UpstreamResponse {
+            status: parts.status,
+            headers: parts.headers,
             body: Box::pin(body),
         })
     }
@@ -383,11 +434,41 @@ pub fn request_url(
     }
 }
 
-fn build_client(
-    cfg: &UpstreamConfig,
-    proxy: Option<&str>,
-) -> Result<reqwest::Client, UpstreamError> {
-    let mut b = reqwest::Client::builder()
+fn build_direct_client(cfg: &UpstreamConfig) -> Result<DirectClient, UpstreamError> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+    let mut http = HttpConnector::new();
+    // https URLs are handed to the TLS layer above.
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(cfg.connect_timeout));
+    http.set_keepalive(Some(cfg.tcp_keepalive));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_platform_verifier(rustls::crypto::ring::default_provider())
+        .map_err(|e| {
+            UpstreamError::Config(format!("cannot set up TLS certificate verification: {e}"))
+        })?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .build(https),
+    )
+}
+
+/// A client whose every connection goes through `proxy` (`http`, `https`, `socks5`,
+/// `socks5h`); environment proxies are never used, so routing never depends on the process
+/// environment.
+fn build_client(cfg: &UpstreamConfig, proxy: &str) -> Result<reqwest::Client, UpstreamError> {
+    let proxy = reqwest::Proxy::all(proxy).map_err(|_| {
+        UpstreamError::Config("the account's proxy_url is not a valid proxy URL".into())
+    })?;
+    reqwest::Client::builder()
         .http1_only()
         .tcp_nodelay(true)
         .connect_timeout(cfg.connect_timeout)
@@ -396,21 +477,15 @@ fn build_client(
         .tcp_keepalive(cfg.tcp_keepalive)
         // Upstream redirects are never part of these APIs; following one could leak the
         // bearer to another host.
-        .redirect(reqwest::redirect::Policy::none());
-    b = match proxy {
-        // The account's proxy only; environment proxies would make routing depend on the
-        // process environment.
-        None => b.no_proxy(),
-        Some(url) => b.proxy(reqwest::Proxy::all(url).map_err(|_| {
-            UpstreamError::Config("the account's proxy_url is not a valid proxy URL".into())
-        })?),
-    };
-    b.build().map_err(|e| {
-        UpstreamError::Config(format!(
-            "cannot build the HTTP client: {}",
-            error::chain(&e)
-        ))
-    })
+        .redirect(reqwest::redirect::Policy::none())
+        .proxy(proxy)
+        .build()
+        .map_err(|e| {
+            UpstreamError::Config(format!(
+                "cannot build the HTTP client: {}",
+                error::chain(&e)
+            ))
+        })
 }
 
 #[cfg(test)]

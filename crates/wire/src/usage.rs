@@ -91,9 +91,13 @@ fn usage_object(v: &Value) -> Option<&Value> {
 }
 
 fn partial(v: &Value) -> Partial {
-    let Some(u) = usage_object(v) else {
+    usage_object(v).map(partial_of_usage).unwrap_or_default()
+}
+
+fn partial_of_usage(u: &Value) -> Partial {
+    if !u.is_object() {
         return Partial::default();
-    };
+    }
     Partial {
         input: first(u, &[&["input_tokens"], &["prompt_tokens"]]),
         output: first(u, &[&["output_tokens"], &["completion_tokens"]]),
@@ -119,6 +123,11 @@ fn partial(v: &Value) -> Partial {
 /// Usage in one JSON document (a response, a chunk, an event's data); `None` without any.
 pub fn usage_from_json(v: &Value) -> Option<TokenUsage> {
     partial(v).finish()
+}
+
+/// Usage from a `usage` object itself (the value of a `usage` key); `None` without any.
+pub fn usage_from_usage_object(u: &Value) -> Option<TokenUsage> {
+    partial_of_usage(u).finish()
 }
 
 /// Usage in a JSON body; `None` when the body is not JSON or reports none.
@@ -187,6 +196,13 @@ mod tests {
                 total_tokens: 7
             })
         );
+        assert_eq!(
+            usage_from_usage_object(&c["usage"]),
+            usage_from_json(&c),
+            "the usage object alone reads the same"
+        );
+        assert_eq!(usage_from_usage_object(&json!([1, 2])), None);
+        assert_eq!(usage_from_usage_object(&json!({})), None);
         let a = json!({"message": {"usage": {"input_tokens": 9, "cache_read_input_tokens": 8, "output_tokens": 1}}});
         assert_eq!(usage_from_json(&a).map(|u| u.cached_input_tokens), Some(8));
         assert_eq!(usage_from_json(&json!({"usage": null})), None);

@@ -137,6 +137,7 @@ pub(crate) async fn responses(cx: &Cx, compact: bool) -> Result<Response<MockBod
     let failure = shaping.failure.as_ref().map(|(code, resets)| Failure {
         code,
         resets_in_secs: *resets,
+        after_content: shaping.failure_after_content,
     });
     let frames = answer.stream(failure);
     let mut r = sse_response(frames.into_body(shaping.plan(delay)));

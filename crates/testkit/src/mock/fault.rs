@@ -44,6 +44,15 @@ pub enum Fault {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resets_in_secs: Option<u64>,
     },
+    /// Like `InStreamFailure`, but the failure comes after the answer's content deltas
+    /// (paced like any answer), when a gateway has already relayed content and can no
+    /// longer fail over. A Chat Completions stream gets its content chunks, then an `error`
+    /// frame. Only streaming answers take this fault.
+    FailureAfterContent {
+        code: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resets_in_secs: Option<u64>,
+    },
     /// 403 Cloudflare challenge page (`cf-mitigated: challenge`, HTML body).
     Challenge,
 }
@@ -59,7 +68,10 @@ impl Fault {
 
     /// Applies to streaming answers only.
     pub(crate) fn stream_only(&self) -> bool {
-        matches!(self, Fault::InStreamFailure { .. })
+        matches!(
+            self,
+            Fault::InStreamFailure { .. } | Fault::FailureAfterContent { .. }
+        )
     }
 }
 
@@ -178,7 +190,8 @@ pub(crate) fn http_answer(
         Fault::SlowFirstByte { .. }
         | Fault::StallMidStream { .. }
         | Fault::DropConnection { .. }
-        | Fault::InStreamFailure { .. } => return None,
+        | Fault::InStreamFailure { .. }
+        | Fault::FailureAfterContent { .. } => return None,
     };
     Some(resp)
 }

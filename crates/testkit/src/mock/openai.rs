@@ -125,7 +125,10 @@ pub(crate) async fn chat(cx: &Cx) -> Result<Response<MockBody>, Aborted> {
         cached: intake.cache_hit,
     };
     let mut r = if stream {
-        let failure = shaping.failure.as_ref().map(|(code, _)| code.as_str());
+        let failure = shaping
+            .failure
+            .as_ref()
+            .map(|(code, _)| (code.as_str(), shaping.failure_after_content));
         let frames = chat.stream(include_usage, failure);
         sse_response(frames.into_body(shaping.plan(delay)))
     } else {
@@ -212,7 +215,8 @@ impl Chat<'_> {
         c
     }
 
-    fn stream(&self, include_usage: bool, failure: Option<&str>) -> Frames {
+    /// `failure`: the error code, and whether it comes after the content chunks.
+    fn stream(&self, include_usage: bool, failure: Option<(&str, bool)>) -> Frames {
         let pieces = self.pieces();
         let mut f =
             Frames::with_capacity(1024 + pieces.iter().map(|p| p.len() + 300).sum::<usize>());
@@ -223,10 +227,13 @@ impl Chat<'_> {
                                 "function": {"name": name, "arguments": ""}}]}),
         };
         f.data(&self.chunk(first, None, include_usage), false);
-        if let Some(code) = failure {
+        let error_frame = |f: &mut Frames, code: &str| {
             let err = json!({"error": {"message": in_stream_message(code), "type": code,
                                        "param": null, "code": code}});
             f.data(&err, false);
+        };
+        if let Some((code, false)) = failure {
+            error_frame(&mut f, code);
             return f;
         }
         for p in &pieces {
@@ -237,6 +244,10 @@ impl Chat<'_> {
                 }
             };
             f.data(&self.chunk(delta, None, include_usage), true);
+        }
+        if let Some((code, true)) = failure {
+            error_frame(&mut f, code);
+            return f;
         }
         let finish = match &self.turn.reply {
             Reply::Text(_) => "stop",
@@ -306,6 +317,7 @@ pub(crate) async fn responses(cx: &Cx) -> Result<Response<MockBody>, Aborted> {
         let failure = shaping.failure.as_ref().map(|(code, resets)| Failure {
             code,
             resets_in_secs: *resets,
+            after_content: shaping.failure_after_content,
         });
         sse_response(answer.stream(failure).into_body(shaping.plan(delay)))
     } else {

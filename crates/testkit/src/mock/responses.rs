@@ -25,6 +25,8 @@ pub(crate) struct Answer<'a> {
 pub(crate) struct Failure<'a> {
     pub code: &'a str,
     pub resets_in_secs: Option<u64>,
+    /// After the content deltas (else before any output).
+    pub after_content: bool,
 }
 
 /// Prefix of the encrypted reasoning content the mock issues: `mockenc:<account>:<n>`.
@@ -157,6 +159,19 @@ impl Answer<'_> {
         out
     }
 
+    /// The data of a `response.failed` event carrying `fail`'s error.
+    fn failed(&self, fail: &Failure<'_>) -> Value {
+        let mut error = json!({"code": fail.code, "message": in_stream_message(fail.code)});
+        if let (Some(secs), Some(o)) = (fail.resets_in_secs, error.as_object_mut()) {
+            o.insert("resets_in_seconds".into(), Value::from(secs));
+        }
+        let mut failed = self.object("failed", json!([]), Value::Null);
+        if let Some(o) = failed.as_object_mut() {
+            o.insert("error".into(), error);
+        }
+        json!({"response": failed})
+    }
+
     /// The completed response as one JSON object.
     pub(crate) fn completed(&self) -> Value {
         let pieces = self.pieces();
@@ -181,21 +196,13 @@ impl Answer<'_> {
             f.typed_event(ty, seq, &v, delta);
             seq += 1;
         };
+        // A failure either replaces the output or cuts it short after the deltas.
+        let (failure, late_failure) = match failure {
+            Some(fail) if fail.after_content => (None, Some(fail)),
+            other => (other, None),
+        };
         if let Some(fail) = failure {
-            let mut error = json!({"code": fail.code, "message": in_stream_message(fail.code)});
-            if let (Some(secs), Some(o)) = (fail.resets_in_secs, error.as_object_mut()) {
-                o.insert("resets_in_seconds".into(), Value::from(secs));
-            }
-            let mut failed = self.object("failed", json!([]), Value::Null);
-            if let Some(o) = failed.as_object_mut() {
-                o.insert("error".into(), error);
-            }
-            ev(
-                &mut f,
-                "response.failed",
-                json!({"response": failed}),
-                false,
-            );
+            ev(&mut f, "response.failed", self.failed(&fail), false);
             return f;
         }
         let mut index = 0u64;
@@ -231,6 +238,10 @@ impl Answer<'_> {
                         true,
                     );
                 }
+                if let Some(fail) = &late_failure {
+                    ev(&mut f, "response.failed", self.failed(fail), false);
+                    return f;
+                }
                 ev(
                     &mut f,
                     "response.output_text.done",
@@ -265,6 +276,10 @@ impl Answer<'_> {
                         json!({"item_id": item_id, "output_index": index, "delta": p}),
                         true,
                     );
+                }
+                if let Some(fail) = &late_failure {
+                    ev(&mut f, "response.failed", self.failed(fail), false);
+                    return f;
                 }
                 ev(
                     &mut f,
@@ -336,7 +351,16 @@ mod tests {
         let failed = a.stream(Some(Failure {
             code: "usage_limit_reached",
             resets_in_secs: Some(9),
+            after_content: false,
         }));
         assert_eq!(failed.len(), 3);
+        // After content: lifecycle, reasoning added/done, message and part added, the
+        // deltas, then the failure.
+        let late = a.stream(Some(Failure {
+            code: "usage_limit_reached",
+            resets_in_secs: Some(9),
+            after_content: true,
+        }));
+        assert_eq!(late.len(), 2 + 2 + 2 + 4 + 1);
     }
 }

@@ -50,6 +50,8 @@ pub(crate) struct Shaping {
     pub stall: Option<(u32, Duration)>,
     pub drop_after: Option<u32>,
     pub failure: Option<(String, Option<u64>)>,
+    /// The failure comes after the content deltas instead of before them.
+    pub failure_after_content: bool,
 }
 
 impl Shaping {
@@ -142,6 +144,13 @@ impl Cx {
                 code,
                 resets_in_secs,
             } => s.failure = Some((code, resets_in_secs)),
+            Fault::FailureAfterContent {
+                code,
+                resets_in_secs,
+            } => {
+                s.failure = Some((code, resets_in_secs));
+                s.failure_after_content = true;
+            }
             Fault::RateLimited { .. }
             | Fault::UsageLimit { .. }
             | Fault::Unauthorized
