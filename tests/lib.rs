@@ -364,8 +364,19 @@ impl Poolgate {
     /// Starts `poolgate standalone` on `data_dir` with every listener on a free port, and waits
     /// until it has logged the addresses it bound.
     pub fn standalone(data_dir: &Path) -> anyhow::Result<Poolgate> {
+        Poolgate::standalone_with_env(data_dir, &[])
+    }
+
+    /// [`Poolgate::standalone`] with extra environment variables (e.g. the OAuth issuer).
+    pub fn standalone_with_env(data_dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<Poolgate> {
         let bin = binary("poolgate")?;
         let mut cmd = clean_command(&bin);
+        // Standalone leads, so its token refresh and usage polling run: keep them off the
+        // real issuer and usage endpoint (nothing listens on port 9) unless a test points
+        // them at a mock.
+        cmd.env("POOLGATE_OAUTH_ISSUER", "http://127.0.0.1:9")
+            .env("POOLGATE_USAGE_BASE_URL", "http://127.0.0.1:9/backend-api");
+        cmd.envs(env.iter().copied());
         cmd.arg("standalone")
             .arg("--data-dir")
             .arg(data_dir)
@@ -507,7 +518,8 @@ impl Poolctl {
         }
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    /// The command line for `args` (server, timeout and token file set), to spawn by hand.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut c = clean_command(&self.bin);
         c.args(["--server", &self.server, "--timeout", "20s"]);
         if let Some(f) = &self.token_file {

@@ -15,9 +15,12 @@ pub mod hub;
 pub mod import;
 pub mod ingest;
 pub mod leader;
+pub mod login;
 pub mod metrics;
+pub mod refresh;
 pub mod retention;
 pub mod service;
+pub mod usage_poll;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,6 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use poolgate_proto::v1::admin_service_server::AdminServiceServer;
+use poolgate_proto::v1::login_service_server::LoginServiceServer;
 use poolgate_proto::v1::report_service_server::ReportServiceServer;
 use poolgate_proto::v1::snapshot_service_server::SnapshotServiceServer;
 use poolgate_store::Store;
@@ -39,8 +43,11 @@ pub use gateway_api::GatewayApi;
 pub use hub::{DeltaStream, HubConfig, HubError, SnapshotHub};
 pub use ingest::{IngestError, MAX_REPORT_LOGS, MAX_REPORT_OBSERVATIONS, ReportIngest};
 pub use leader::{LeaderFlag, Leadership, run_while_leading};
+pub use login::{LoginApi, LoginConfig};
 pub use metrics::Metrics;
+pub use refresh::{RefreshJobConfig, Refresher};
 pub use service::AdminApi;
+pub use usage_poll::{UsagePollConfig, UsagePoller};
 
 pub const DEFAULT_REQUEST_LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
@@ -79,6 +86,17 @@ pub struct ControlConfig {
     /// Whether this replica leads: background jobs (retention) run only while it does and
     /// stop the moment it does not. Default: always (standalone, a single replica).
     pub leadership: Leadership,
+    /// The OAuth issuer and client id (`POOLGATE_OAUTH_ISSUER`, `POOLGATE_OAUTH_CLIENT_ID`).
+    pub oauth: poolgate_upstream::oauth::OAuthConfig,
+    /// `poolctl login` sessions: redirect URI (`POOLGATE_OAUTH_REDIRECT_URI`), TTL, bound.
+    pub login: LoginConfig,
+    /// Leader-only OAuth token refresh against `oauth.issuer`; `None` runs none (the library
+    /// default, so tests never reach a real issuer; `poolgate` always sets it).
+    pub token_refresh: Option<RefreshJobConfig>,
+    /// Leader-only usage polling of `usage_base_url`; `None` runs none.
+    pub usage_poll: Option<UsagePollConfig>,
+    /// `POOLGATE_USAGE_BASE_URL`; `/wham/usage` is appended.
+    pub usage_base_url: String,
 }
 
 impl ControlConfig {
@@ -95,6 +113,11 @@ impl ControlConfig {
             change_log_keep: DEFAULT_CHANGE_LOG_KEEP,
             hub: HubConfig::default(),
             leadership: Leadership::always(),
+            oauth: poolgate_upstream::oauth::OAuthConfig::default(),
+            login: LoginConfig::default(),
+            token_refresh: None,
+            usage_poll: None,
+            usage_base_url: poolgate_upstream::usage::DEFAULT_USAGE_BASE_URL.into(),
         }
     }
 
@@ -126,6 +149,34 @@ impl ControlConfig {
             return Err(ControlError::Config(
                 "the snapshot poll interval must be at least 10ms and its buffer non-empty".into(),
             ));
+        }
+        self.oauth
+            .validate()
+            .map_err(|e| ControlError::Config(e.to_string()))?;
+        poolgate_upstream::oauth::check_redirect_uri(&self.login.redirect_uri)
+            .map_err(|e| ControlError::Config(e.to_string()))?;
+        if self.login.session_ttl < Duration::from_secs(1) || self.login.max_sessions == 0 {
+            return Err(ControlError::Config(
+                "login sessions need a TTL of at least 1s and room for at least one".into(),
+            ));
+        }
+        if let Some(r) = &self.token_refresh
+            && (r.lead < Duration::from_secs(1) || r.interval < Duration::from_millis(10))
+        {
+            return Err(ControlError::Config(
+                "the token refresh lead must be at least 1s and its interval at least 10ms".into(),
+            ));
+        }
+        if let Some(u) = &self.usage_poll
+            && u.interval < Duration::from_millis(10)
+        {
+            return Err(ControlError::Config(
+                "the usage poll interval must be at least 10ms".into(),
+            ));
+        }
+        if self.usage_poll.is_some() {
+            poolgate_upstream::oauth::check_base_url("the usage base URL", &self.usage_base_url)
+                .map_err(|e| ControlError::Config(e.to_string()))?;
         }
         if let Some(name) = &self.node_name {
             ingest::check_node_id(name)
@@ -286,6 +337,7 @@ impl ControlPlane {
         health
             .set_serving::<ReportServiceServer<GatewayApi>>()
             .await;
+        health.set_serving::<LoginServiceServer<LoginApi>>().await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(poolgate_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -300,6 +352,16 @@ impl ControlPlane {
             config.bootstrap_token.clone(),
             config.node_token.clone(),
             metrics.clone(),
+        );
+        let oauth = poolgate_upstream::oauth::OAuthClient::new(config.oauth.clone())
+            .map_err(|e| ControlError::Config(e.to_string()))?;
+        let login = LoginApi::new(
+            store.clone(),
+            config.bootstrap_token.clone(),
+            config.node_token.clone(),
+            metrics.clone(),
+            oauth,
+            config.login.clone(),
         );
         let gateways = GatewayApi::new(
             hub.clone(),
@@ -319,6 +381,7 @@ impl ControlPlane {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api.into_server())
+            .add_service(login.into_server())
             .add_service(gateways.clone().snapshot_server())
             .add_service(gateways.report_server())
             .serve_with_incoming_shutdown(incoming, async move {
@@ -357,6 +420,50 @@ impl ControlPlane {
                 },
             ))
         };
+        let mut jobs = Vec::new();
+        if let Some(cfg) = config.token_refresh.clone() {
+            let client = poolgate_upstream::refresh::TokenRefresher::new(
+                poolgate_upstream::refresh::RefreshConfig {
+                    issuer: config.oauth.issuer.clone(),
+                    client_id: config.oauth.client_id.clone(),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| ControlError::Config(e.to_string()))?;
+            tracing::info!(
+                issuer = %config.oauth.issuer,
+                lead = %humantime::format_duration(cfg.lead),
+                "OAuth token refresh runs while this replica leads"
+            );
+            let refresher = Arc::new(Refresher::new(store.clone(), client, metrics.clone(), cfg));
+            let stop_rx = stop_rx.clone();
+            jobs.push(tokio::spawn(run_while_leading(
+                config.leadership.clone(),
+                "token_refresh",
+                move || refresh::run(refresher.clone(), stop_rx.clone()),
+            )));
+        }
+        if let Some(cfg) = config.usage_poll.clone() {
+            let client = poolgate_upstream::usage::UsageClient::new(&config.usage_base_url)
+                .map_err(|e| ControlError::Config(e.to_string()))?;
+            tracing::info!(
+                url = %client.url(),
+                interval = %humantime::format_duration(cfg.interval),
+                "usage polling runs while this replica leads"
+            );
+            let poller = Arc::new(UsagePoller::new(
+                store.clone(),
+                client,
+                metrics.clone(),
+                cfg,
+            ));
+            let stop_rx = stop_rx.clone();
+            jobs.push(tokio::spawn(run_while_leading(
+                config.leadership.clone(),
+                "usage_poll",
+                move || usage_poll::run(poller.clone(), stop_rx.clone()),
+            )));
+        }
 
         tracing::info!(grpc_listen = %grpc_addr, "control plane gRPC listening");
         tracing::info!(admin_listen = %admin_addr, "admin HTTP listening");
@@ -385,10 +492,16 @@ impl ControlPlane {
         health
             .set_not_serving::<ReportServiceServer<GatewayApi>>()
             .await;
+        health
+            .set_not_serving::<LoginServiceServer<LoginApi>>()
+            .await;
         // Stops the hub too, which ends every snapshot stream so the server can drain.
         let _ = stop_tx.send(true);
         // Jobs stop now, not after the drain: aborting the supervisor aborts its job.
         retention.abort();
+        for job in &jobs {
+            job.abort();
+        }
         leader_gauge.abort();
         let result = match early {
             Some(r) => r,

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the control plane, served on the admin HTTP port at `/metrics`.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -35,6 +36,13 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UsageLabels {
+    account: String,
+    /// `5h` or `7d`.
+    window: &'static str,
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. ~16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -57,6 +65,9 @@ pub struct Metrics {
     gateway_dropped: Counter,
     changes_pruned: Counter,
     leader: Gauge,
+    refreshes: Family<OutcomeLabels, Counter>,
+    usage_polls: Family<OutcomeLabels, Counter>,
+    usage_used: Family<UsageLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -167,8 +178,31 @@ impl Metrics {
             "1 while this replica is the control-plane leader (runs the background jobs), else 0",
             leader.clone(),
         );
+        let refreshes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "poolgate_control_token_refreshes",
+            "OAuth token refresh attempts by outcome (refreshed, invalid, region_blocked, \
+             transient, rejected, conflict, not_due, busy, paused, store_error)",
+            refreshes.clone(),
+        );
+        let usage_polls = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "poolgate_control_usage_polls",
+            "Usage endpoint polls by outcome (changed, unchanged, unauthorized, deactivated, \
+             region_blocked, transient, error)",
+            usage_polls.clone(),
+        );
+        let usage_used = Family::<UsageLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "poolgate_control_account_usage_used_percent",
+            "Used share of each Codex account's quota window (5h, 7d), from the usage endpoint",
+            usage_used.clone(),
+        );
         Metrics {
             registry,
+            refreshes,
+            usage_polls,
+            usage_used,
             grpc_requests,
             grpc_duration,
             logs_ingested,
@@ -259,6 +293,36 @@ impl Metrics {
         self.store_errors
             .get_or_create(&OperationLabels { operation })
             .inc();
+    }
+
+    /// One token refresh attempt's outcome.
+    pub fn refresh(&self, outcome: &'static str) {
+        self.refreshes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// One usage poll's outcome.
+    pub fn usage_poll(&self, outcome: &'static str) {
+        self.usage_polls
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// The used percent of an account's `5h` or `7d` window; `None` removes the series.
+    pub fn usage_used_percent(&self, account: &str, window: &'static str, used: Option<f64>) {
+        let labels = UsageLabels {
+            account: account.to_string(),
+            window,
+        };
+        match used {
+            Some(v) => {
+                self.usage_used.get_or_create(&labels).set(v);
+            }
+            None => {
+                self.usage_used.remove(&labels);
+            }
+        }
     }
 
     /// The OpenMetrics text exposition.

@@ -14,6 +14,17 @@ pub struct OAuthTokens {
     pub last_refresh_ms: Option<UnixMillis>,
 }
 
+impl OAuthTokens {
+    /// When the access token expires: its JWT `exp` claim, else the stored expiry.
+    pub fn access_expires_at_ms(&self) -> Option<UnixMillis> {
+        crate::jwt::openai_claims(self.access_token.expose())
+            .ok()
+            .and_then(|c| c.exp)
+            .map(|s| s.saturating_mul(1000))
+            .or(self.expires_at_ms)
+    }
+}
+
 /// What the gateway needs to authenticate upstream. Stored encrypted; never in a response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

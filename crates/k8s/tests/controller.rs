@@ -16,7 +16,7 @@ use poolgate_core::key::{hash_secret, visible_prefix};
 use poolgate_core::page::PageRequest;
 use poolgate_core::{Credentials, KeyStatus, ManagedBy, Provider, Secret as Plain};
 use poolgate_k8s::Error;
-use poolgate_k8s::controller::{Config, Context, error_policy, reconcile_account, reconcile_key};
+use poolgate_k8s::controller::{Context, error_policy, reconcile_account, reconcile_key};
 use poolgate_k8s::crd::{PlatformKey, UpstreamAccount};
 use poolgate_store::{AccountFilter, Store, listing};
 use serde_json::{Value, json};
@@ -24,11 +24,6 @@ use tokio::task::JoinHandle;
 
 const UA_PATH: &str = "/apis/poolgate.dev/v1alpha1/namespaces/pool/upstreamaccounts";
 const PK_PATH: &str = "/apis/poolgate.dev/v1alpha1/namespaces/pool/platformkeys";
-const SECRETS: &str = "/api/v1/namespaces/pool/secrets";
-
-fn ctx(client: kube::Client, store: &TestStore) -> Arc<Context> {
-    Arc::new(Context::new(client, store.store.clone(), Config::default()))
-}
 
 fn object(kind: &str, name: &str, spec: Value) -> Value {
     json!({
@@ -93,6 +88,22 @@ async fn expect_status_apply(api: &mut ApiServer, base: &str, obj: &Value) -> Va
     body
 }
 
+/// A reconcile stopped by a problem a person must fix: its status is applied, a Warning event
+/// with `reason` is published once, and it is retried slowly. Returns the applied body.
+async fn expect_problem(
+    api: &mut ApiServer,
+    task: JoinHandle<Result<Action, Error>>,
+    base: &str,
+    obj: &Value,
+    reason: &str,
+) -> Value {
+    let applied = expect_status_apply(api, base, obj).await;
+    let name = obj["metadata"]["name"].as_str().unwrap();
+    api.expect_event(name, "Warning", reason).await;
+    assert_eq!(finish(task, api).await.unwrap(), slow_retry());
+    applied
+}
+
 async fn accounts(store: &dyn Store) -> Vec<poolgate_core::Account> {
     store
         .list_accounts(
@@ -133,9 +144,7 @@ fn slow_retry() -> Action {
 
 #[tokio::test]
 async fn the_finalizer_comes_before_anything_else() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let mut obj = object("UpstreamAccount", "openai-main", openai_spec());
     obj["metadata"]
         .as_object_mut()
@@ -173,9 +182,8 @@ async fn the_finalizer_comes_before_anything_else() {
 async fn create_openai(api: &mut ApiServer, ctx: &Arc<Context>, key: &str) -> (Value, Value) {
     let obj = object("UpstreamAccount", "openai-main", openai_spec());
     let task = start_account(&obj, ctx);
-    api.expect("GET", &format!("{SECRETS}/openai-key"))
-        .await
-        .ok(&secret("openai-key", &[("api-key", key)], None));
+    api.serve_secret("openai-key", &[("api-key", key)], None)
+        .await;
     api.expect_event("openai-main", "Normal", "Created").await;
     let applied = expect_status_apply(api, UA_PATH, &obj).await;
     assert_eq!(finish(task, api).await.unwrap(), refresh());
@@ -184,9 +192,7 @@ async fn create_openai(api: &mut ApiServer, ctx: &Arc<Context>, key: &str) -> (V
 
 #[tokio::test]
 async fn an_account_is_created_from_its_secret_then_left_alone() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let (obj, applied) = create_openai(&mut api, &ctx, "  sk-live-one\n").await;
 
     let all = accounts(&*store.store).await;
@@ -215,48 +221,32 @@ async fn an_account_is_created_from_its_secret_then_left_alone() {
     assert_eq!(st["accountId"], a.id.as_str());
     assert_eq!(st["observedGeneration"], 1);
     assert_eq!(st["availability"], "unknown");
-    let ready = condition(st, "Ready");
-    assert_eq!(
-        (&ready["status"], &ready["reason"]),
-        (&json!("True"), &json!("Reconciled"))
-    );
+    let ready = assert_condition(st, "Ready", "True", "Reconciled");
     assert_eq!(ready["observedGeneration"], 1);
-    let auth = condition(st, "AuthValid");
-    assert_eq!(
-        (&auth["status"], &auth["reason"]),
-        (&json!("True"), &json!("CredentialsLoaded"))
-    );
-    let avail = condition(st, "Available");
-    assert_eq!(
-        (&avail["status"], &avail["reason"]),
-        (&json!("True"), &json!("NoUsageYet"))
-    );
+    assert_condition(st, "AuthValid", "True", "CredentialsLoaded");
+    assert_condition(st, "Available", "True", "NoUsageYet");
     // No secret ever reaches the status.
     assert!(!applied.to_string().contains("sk-live-one"));
 
     // The same object again: one Secret read, no store write, no status write.
     let version = store.store.current_version().await.unwrap();
     let task = start_account(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/openai-key"))
-        .await
-        .ok(&secret("openai-key", &[("api-key", "sk-live-one")], None));
+    api.serve_secret("openai-key", &[("api-key", "sk-live-one")], None)
+        .await;
     assert_eq!(finish(task, &mut api).await.unwrap(), refresh());
     assert_eq!(store.store.current_version().await.unwrap(), version);
 }
 
 #[tokio::test]
 async fn a_rotated_secret_reaches_the_store() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let (obj, _) = create_openai(&mut api, &ctx, "sk-old").await;
     let id = accounts(&*store.store).await[0].id.clone();
     let version = store.store.current_version().await.unwrap();
 
     let task = start_account(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/openai-key"))
-        .await
-        .ok(&secret("openai-key", &[("api-key", "sk-new")], None));
+    api.serve_secret("openai-key", &[("api-key", "sk-new")], None)
+        .await;
     let event = api
         .expect_event("openai-main", "Normal", "CredentialsRotated")
         .await;
@@ -275,26 +265,15 @@ async fn a_rotated_secret_reaches_the_store() {
 
 #[tokio::test]
 async fn a_missing_secret_is_reported_and_retried_slowly() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let obj = object("UpstreamAccount", "openai-main", openai_spec());
 
     let task = start_account(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/openai-key"))
-        .await
-        .not_found();
-    let applied = expect_status_apply(&mut api, UA_PATH, &obj).await;
-    api.expect_event("openai-main", "Warning", "SecretNotFound")
-        .await;
-    assert_eq!(finish(task, &mut api).await.unwrap(), slow_retry());
+    api.expect_secret("openai-key").await.not_found();
+    let applied = expect_problem(&mut api, task, UA_PATH, &obj, "SecretNotFound").await;
 
     let st = &applied["status"];
-    let ready = condition(st, "Ready");
-    assert_eq!(
-        (&ready["status"], &ready["reason"]),
-        (&json!("False"), &json!("SecretNotFound"))
-    );
+    let ready = assert_condition(st, "Ready", "False", "SecretNotFound");
     assert_eq!(
         ready["message"],
         "Secret pool/openai-key not found; create it with an API key under key \"api-key\""
@@ -308,33 +287,21 @@ async fn a_missing_secret_is_reported_and_retried_slowly() {
     // Still missing: the same status, so neither a status write nor another event.
     let obj = with_status(&obj, &applied);
     let task = start_account(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/openai-key"))
-        .await
-        .not_found();
+    api.expect_secret("openai-key").await.not_found();
     assert_eq!(finish(task, &mut api).await.unwrap(), slow_retry());
 }
 
 #[tokio::test]
 async fn a_secret_without_the_key_names_the_keys_it_has() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let mut spec = openai_spec();
     spec["credentialsSecretRef"]["key"] = json!("token");
     let obj = object("UpstreamAccount", "openai-main", spec);
 
     let task = start_account(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/openai-key"))
-        .await
-        .ok(&secret(
-            "openai-key",
-            &[("api-key", "sk-x"), ("other", "y")],
-            None,
-        ));
-    let applied = expect_status_apply(&mut api, UA_PATH, &obj).await;
-    api.expect_event("openai-main", "Warning", "SecretKeyMissing")
+    api.serve_secret("openai-key", &[("api-key", "sk-x"), ("other", "y")], None)
         .await;
-    assert_eq!(finish(task, &mut api).await.unwrap(), slow_retry());
+    let applied = expect_problem(&mut api, task, UA_PATH, &obj, "SecretKeyMissing").await;
     let ready = condition(&applied["status"], "Ready");
     assert_eq!(ready["reason"], "SecretKeyMissing");
     let msg = ready["message"].as_str().unwrap();
@@ -348,9 +315,7 @@ async fn a_secret_without_the_key_names_the_keys_it_has() {
 
 #[tokio::test]
 async fn an_invalid_spec_is_reported_without_reading_the_secret() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     // Azure needs its deployment settings (the CRD's CEL rule says so too).
     let obj = object(
         "UpstreamAccount",
@@ -358,18 +323,10 @@ async fn an_invalid_spec_is_reported_without_reading_the_secret() {
         json!({"provider": "azure_openai", "credentialsSecretRef": {"name": "az"}}),
     );
     let task = start_account(&obj, &ctx);
-    let applied = expect_status_apply(&mut api, UA_PATH, &obj).await;
-    api.expect_event("azure-eu", "Warning", "InvalidSpec").await;
-    assert_eq!(finish(task, &mut api).await.unwrap(), slow_retry());
+    let applied = expect_problem(&mut api, task, UA_PATH, &obj, "InvalidSpec").await;
     let ready = condition(&applied["status"], "Ready");
     assert_eq!(ready["reason"], "InvalidSpec");
-    assert!(
-        ready["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("spec.azure: "),
-        "{ready}"
-    );
+    assert_message_starts(ready, "spec.azure: ");
     // Not a credentials problem.
     assert_eq!(
         condition(&applied["status"], "AuthValid")["status"],
@@ -395,17 +352,14 @@ fn auth_json(sub: &str, ws: &str, exp: i64, access: &str) -> String {
 
 #[tokio::test]
 async fn a_codex_login_comes_from_an_auth_json_secret() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let spec = json!({"provider": "codex", "credentialsSecretRef": {"name": "codex-login"}});
     let obj = object("UpstreamAccount", "codex-alice", spec);
 
     let first = auth_json("alice", "ws-1", 2_000_000_000, "a1");
     let task = start_account(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/codex-login"))
-        .await
-        .ok(&secret("codex-login", &[("auth.json", &first)], None));
+    api.serve_secret("codex-login", &[("auth.json", &first)], None)
+        .await;
     api.expect_event("codex-alice", "Normal", "Created").await;
     let applied = expect_status_apply(&mut api, UA_PATH, &obj).await;
     assert_eq!(finish(task, &mut api).await.unwrap(), refresh());
@@ -428,9 +382,8 @@ async fn a_codex_login_comes_from_an_auth_json_secret() {
     let obj = with_status(&obj, &applied);
     let newer = auth_json("alice", "ws-1", 2_100_000_000, "a2");
     let task = start_account(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/codex-login"))
-        .await
-        .ok(&secret("codex-login", &[("auth.json", &newer)], None));
+    api.serve_secret("codex-login", &[("auth.json", &newer)], None)
+        .await;
     api.expect_event("codex-alice", "Normal", "CredentialsRotated")
         .await;
     assert_eq!(finish(task, &mut api).await.unwrap(), refresh());
@@ -442,22 +395,17 @@ async fn a_codex_login_comes_from_an_auth_json_secret() {
     // Going back to the older login changes nothing: stored tokens are never rolled back.
     let version = store.store.current_version().await.unwrap();
     let task = start_account(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/codex-login"))
-        .await
-        .ok(&secret("codex-login", &[("auth.json", &first)], None));
+    api.serve_secret("codex-login", &[("auth.json", &first)], None)
+        .await;
     assert_eq!(finish(task, &mut api).await.unwrap(), refresh());
     assert_eq!(store.store.current_version().await.unwrap(), version);
 
     // Another user's login in the same Secret is refused; the account keeps its tokens.
     let bob = auth_json("bob", "ws-1", 2_200_000_000, "b1");
     let task = start_account(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/codex-login"))
-        .await
-        .ok(&secret("codex-login", &[("auth.json", &bob)], None));
-    let applied = expect_status_apply(&mut api, UA_PATH, &obj).await;
-    api.expect_event("codex-alice", "Warning", "IdentityMismatch")
+    api.serve_secret("codex-login", &[("auth.json", &bob)], None)
         .await;
-    assert_eq!(finish(task, &mut api).await.unwrap(), slow_retry());
+    let applied = expect_problem(&mut api, task, UA_PATH, &obj, "IdentityMismatch").await;
     assert_eq!(
         condition(&applied["status"], "AuthValid")["reason"],
         "IdentityMismatch"
@@ -468,40 +416,25 @@ async fn a_codex_login_comes_from_an_auth_json_secret() {
 
 #[tokio::test]
 async fn a_malformed_auth_json_is_reported() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let spec = json!({"provider": "codex", "credentialsSecretRef": {"name": "codex-login"}});
     let obj = object("UpstreamAccount", "codex-bad", spec);
     let task = start_account(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/codex-login"))
-        .await
-        .ok(&secret(
-            "codex-login",
-            &[("auth.json", "{\"tokens\": ")],
-            None,
-        ));
-    let applied = expect_status_apply(&mut api, UA_PATH, &obj).await;
-    api.expect_event("codex-bad", "Warning", "InvalidAuthJson")
+    api.serve_secret("codex-login", &[("auth.json", "{\"tokens\": ")], None)
         .await;
-    assert_eq!(finish(task, &mut api).await.unwrap(), slow_retry());
+    let applied = expect_problem(&mut api, task, UA_PATH, &obj, "InvalidAuthJson").await;
     let ready = condition(&applied["status"], "Ready");
     assert_eq!(ready["reason"], "InvalidAuthJson");
-    assert!(
-        ready["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("Secret pool/codex-login key \"auth.json\": invalid JSON"),
-        "{ready}"
+    assert_message_starts(
+        ready,
+        "Secret pool/codex-login key \"auth.json\": invalid JSON",
     );
     assert!(accounts(&*store.store).await.is_empty());
 }
 
 #[tokio::test]
 async fn deleting_an_account_removes_it_from_the_store_then_the_finalizer() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let (obj, _) = create_openai(&mut api, &ctx, "sk-1").await;
     let id = accounts(&*store.store).await[0].id.clone();
 
@@ -532,17 +465,14 @@ async fn deleting_an_account_removes_it_from_the_store_then_the_finalizer() {
 
 #[tokio::test]
 async fn an_account_found_by_its_reference_when_the_status_was_lost() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     create_openai(&mut api, &ctx, "sk-1").await;
     // The first status write never landed: the object has no status, the store has the row.
     let obj = object("UpstreamAccount", "openai-main", openai_spec());
     let version = store.store.current_version().await.unwrap();
     let task = start_account(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/openai-key"))
-        .await
-        .ok(&secret("openai-key", &[("api-key", "sk-1")], None));
+    api.serve_secret("openai-key", &[("api-key", "sk-1")], None)
+        .await;
     let applied = expect_status_apply(&mut api, UA_PATH, &obj).await;
     assert_eq!(finish(task, &mut api).await.unwrap(), refresh());
     assert_eq!(accounts(&*store.store).await.len(), 1);
@@ -565,9 +495,7 @@ fn key_spec() -> Value {
 async fn generate_ci_key(api: &mut ApiServer, ctx: &Arc<Context>) -> (Value, String) {
     let obj = object("PlatformKey", "ci", key_spec());
     let task = start_key(&obj, ctx);
-    api.expect("GET", &format!("{SECRETS}/ci-platform-key"))
-        .await
-        .not_found();
+    api.expect_secret("ci-platform-key").await.not_found();
     let create = api.expect("POST", SECRETS).await;
     assert_eq!(create.param("fieldManager"), Some("poolgate-controller"));
     let written: k8s_openapi::api::core::v1::Secret =
@@ -598,9 +526,7 @@ async fn generate_ci_key(api: &mut ApiServer, ctx: &Arc<Context>) -> (Value, Str
 
 #[tokio::test]
 async fn a_platform_key_is_generated_into_an_owned_secret_and_only_its_hash_stored() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let (obj, plaintext) = generate_ci_key(&mut api, &ctx).await;
 
     let all = keys(&*store.store).await;
@@ -632,13 +558,12 @@ async fn a_platform_key_is_generated_into_an_owned_secret_and_only_its_hash_stor
     // Again (e.g. after a restart): the Secret's key is kept, nothing is written.
     let version = store.store.current_version().await.unwrap();
     let task = start_key(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/ci-platform-key"))
-        .await
-        .ok(&secret(
-            "ci-platform-key",
-            &[("api-key", &plaintext)],
-            Some("uid-ci"),
-        ));
+    api.serve_secret(
+        "ci-platform-key",
+        &[("api-key", &plaintext)],
+        Some("uid-ci"),
+    )
+    .await;
     assert_eq!(finish(task, &mut api).await.unwrap(), refresh());
     assert_eq!(store.store.current_version().await.unwrap(), version);
     assert_eq!(keys(&*store.store).await, all);
@@ -646,16 +571,12 @@ async fn a_platform_key_is_generated_into_an_owned_secret_and_only_its_hash_stor
 
 #[tokio::test]
 async fn a_lost_key_secret_gets_a_new_key_and_the_old_one_is_revoked() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let (obj, old_plaintext) = generate_ci_key(&mut api, &ctx).await;
     let old_id = keys(&*store.store).await[0].id.clone();
 
     let task = start_key(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/ci-platform-key"))
-        .await
-        .not_found();
+    api.expect_secret("ci-platform-key").await.not_found();
     let create = api.expect("POST", SECRETS).await;
     let written: k8s_openapi::api::core::v1::Secret =
         serde_json::from_value(create.body.clone()).unwrap();
@@ -676,32 +597,25 @@ async fn a_lost_key_secret_gets_a_new_key_and_the_old_one_is_revoked() {
 
 #[tokio::test]
 async fn a_spec_change_updates_the_stored_key() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let (mut obj, plaintext) = generate_ci_key(&mut api, &ctx).await;
     obj["spec"]["disabled"] = json!(true);
     obj["metadata"]["generation"] = json!(2);
 
     let task = start_key(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/ci-platform-key"))
-        .await
-        .ok(&secret(
-            "ci-platform-key",
-            &[("api-key", &plaintext)],
-            Some("uid-ci"),
-        ));
+    api.serve_secret(
+        "ci-platform-key",
+        &[("api-key", &plaintext)],
+        Some("uid-ci"),
+    )
+    .await;
     api.expect_event("ci", "Normal", "Updated").await;
     let applied = expect_status_apply(&mut api, PK_PATH, &obj).await;
     assert_eq!(finish(task, &mut api).await.unwrap(), refresh());
     assert_eq!(keys(&*store.store).await[0].status, KeyStatus::Disabled);
     let st = &applied["status"];
     assert_eq!(st["observedGeneration"], 2);
-    let avail = condition(st, "Available");
-    assert_eq!(
-        (&avail["status"], &avail["reason"]),
-        (&json!("False"), &json!("Disabled"))
-    );
+    assert_condition(st, "Available", "False", "Disabled");
     // Ready did not change status, so it keeps its transition time.
     assert_eq!(
         condition(st, "Ready")["lastTransitionTime"],
@@ -711,19 +625,14 @@ async fn a_spec_change_updates_the_stored_key() {
 
 #[tokio::test]
 async fn a_secret_owned_by_someone_else_is_never_overwritten() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let mut spec = key_spec();
     spec["secretName"] = json!("shared");
     let obj = object("PlatformKey", "ci", spec);
     let task = start_key(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/shared"))
-        .await
-        .ok(&secret("shared", &[("api-key", "something")], None));
-    let applied = expect_status_apply(&mut api, PK_PATH, &obj).await;
-    api.expect_event("ci", "Warning", "SecretConflict").await;
-    assert_eq!(finish(task, &mut api).await.unwrap(), slow_retry());
+    api.serve_secret("shared", &[("api-key", "something")], None)
+        .await;
+    let applied = expect_problem(&mut api, task, PK_PATH, &obj, "SecretConflict").await;
     assert_eq!(
         condition(&applied["status"], "Ready")["reason"],
         "SecretConflict"
@@ -734,34 +643,22 @@ async fn a_secret_owned_by_someone_else_is_never_overwritten() {
 
 #[tokio::test]
 async fn an_invalid_key_spec_is_reported() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let obj = object(
         "PlatformKey",
         "ci",
         json!({"allowedModels": ["gpt-5*"], "modelOverride": "claude-4"}),
     );
     let task = start_key(&obj, &ctx);
-    let applied = expect_status_apply(&mut api, PK_PATH, &obj).await;
-    api.expect_event("ci", "Warning", "InvalidSpec").await;
-    assert_eq!(finish(task, &mut api).await.unwrap(), slow_retry());
+    let applied = expect_problem(&mut api, task, PK_PATH, &obj, "InvalidSpec").await;
     let ready = condition(&applied["status"], "Ready");
-    assert!(
-        ready["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("spec.modelOverride: "),
-        "{ready}"
-    );
+    assert_message_starts(ready, "spec.modelOverride: ");
     assert!(keys(&*store.store).await.is_empty());
 }
 
 #[tokio::test]
 async fn deleting_a_platform_key_revokes_it() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let (obj, _) = generate_ci_key(&mut api, &ctx).await;
     let obj = deleting(&obj);
     let task = start_key(&obj, &ctx);
@@ -783,9 +680,7 @@ async fn deleting_a_platform_key_revokes_it() {
 
 #[tokio::test]
 async fn failures_back_off_per_object_and_reset_on_success() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (_store, mut api, ctx) = setup();
     let obj = object("UpstreamAccount", "openai-main", openai_spec());
     let ua: Arc<UpstreamAccount> = Arc::new(serde_json::from_value(obj.clone()).unwrap());
     let err = Error::MissingField("namespace");
@@ -807,18 +702,14 @@ async fn failures_back_off_per_object_and_reset_on_success() {
 
 #[tokio::test]
 async fn a_failing_secret_read_is_an_error_for_the_backoff() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let obj = object("UpstreamAccount", "openai-main", openai_spec());
     let task = start_account(&obj, &ctx);
-    api.expect("GET", &format!("{SECRETS}/openai-key"))
-        .await
-        .respond(
-            500,
-            &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+    api.expect_secret("openai-key").await.respond(
+        500,
+        &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                     "message": "etcd is sad", "reason": "InternalError", "code": 500}),
-        );
+    );
     let err = finish(task, &mut api).await.unwrap_err();
     assert!(err.to_string().contains("etcd is sad"), "{err}");
     assert!(accounts(&*store.store).await.is_empty());
@@ -826,9 +717,7 @@ async fn a_failing_secret_read_is_an_error_for_the_backoff() {
 
 #[tokio::test]
 async fn a_store_failure_is_reported_and_left_to_the_backoff() {
-    let store = sqlite_store();
-    let (client, mut api) = mock_client();
-    let ctx = ctx(client, &store);
+    let (store, mut api, ctx) = setup();
     let (obj, _) = create_openai(&mut api, &ctx, "sk-1").await;
     store.break_accounts();
 
@@ -837,17 +726,8 @@ async fn a_store_failure_is_reported_and_left_to_the_backoff() {
     let err = finish(task, &mut api).await.unwrap_err();
     assert!(err.to_string().contains("store: "), "{err}");
     let st = &applied["status"];
-    let ready = condition(st, "Ready");
-    assert_eq!(
-        (&ready["status"], &ready["reason"]),
-        (&json!("False"), &json!("StoreError"))
-    );
-    assert!(
-        ready["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("poolgate's store failed: ")
-    );
+    let ready = assert_condition(st, "Ready", "False", "StoreError");
+    assert_message_starts(ready, "poolgate's store failed: ");
     // What the store said last is kept.
     assert_eq!(st["accountId"], obj["status"]["accountId"]);
     assert_eq!(condition(st, "AuthValid")["reason"], "CredentialsLoaded");

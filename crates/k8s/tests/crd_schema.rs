@@ -195,12 +195,7 @@ fn upstream_account_validation() {
             "spec.{n} looks like an inline credential"
         );
     }
-    let rules: Vec<&str> = spec["x-kubernetes-validations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["rule"].as_str().unwrap())
-        .collect();
+    let rules = cel_rules(spec);
     assert!(
         rules
             .iter()
@@ -208,18 +203,7 @@ fn upstream_account_validation() {
     );
     assert!(rules.contains(&"self.provider == oldSelf.provider"));
     // CEL rules only use fields the schema has.
-    for rule in &rules {
-        for field in rule.split("self.").skip(1) {
-            let field: String = field
-                .chars()
-                .take_while(char::is_ascii_alphanumeric)
-                .collect();
-            assert!(
-                p.get(&field).is_some(),
-                "rule {rule} uses unknown field {field}"
-            );
-        }
-    }
+    assert_rules_use_known_fields(&rules, p);
     let status = &root_schema(&crd)["properties"]["status"]["properties"];
     assert_eq!(
         status["conditions"]["items"]["properties"]["status"]["enum"],
@@ -233,6 +217,32 @@ fn upstream_account_validation() {
     );
 }
 
+/// The CEL rules of a schema's `x-kubernetes-validations`.
+fn cel_rules(schema: &Value) -> Vec<&str> {
+    schema["x-kubernetes-validations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["rule"].as_str().unwrap())
+        .collect()
+}
+
+/// CEL rules may only use fields the schema has (`properties`).
+fn assert_rules_use_known_fields(rules: &[&str], properties: &Value) {
+    for rule in rules {
+        for field in rule.split("self.").skip(1) {
+            let field: String = field
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect();
+            assert!(
+                properties.get(&field).is_some(),
+                "rule {rule} uses unknown field {field}"
+            );
+        }
+    }
+}
+
 #[test]
 fn platform_key_validation() {
     let crd = crd_json::<PlatformKey>();
@@ -244,12 +254,7 @@ fn platform_key_validation() {
     assert_eq!(p["expiresAt"]["format"], "date-time");
     assert_eq!(p["secretName"]["maxLength"], 253);
     assert_eq!(p["modelOverride"]["pattern"], "^[^*\\s]{1,128}$");
-    let rules: Vec<&str> = spec["x-kubernetes-validations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["rule"].as_str().unwrap())
-        .collect();
+    let rules = cel_rules(spec);
     assert!(
         rules
             .iter()
@@ -260,16 +265,5 @@ fn platform_key_validation() {
             .iter()
             .any(|r| r.contains("self.allowedModels.exists"))
     );
-    for rule in &rules {
-        for field in rule.split("self.").skip(1) {
-            let field: String = field
-                .chars()
-                .take_while(char::is_ascii_alphanumeric)
-                .collect();
-            assert!(
-                p.get(&field).is_some(),
-                "rule {rule} uses unknown field {field}"
-            );
-        }
-    }
+    assert_rules_use_known_fields(&rules, p);
 }

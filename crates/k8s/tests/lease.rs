@@ -193,6 +193,16 @@ fn calls(server: &Shared) -> Vec<Call> {
     server.lock().unwrap().calls.clone()
 }
 
+/// When `who` last renewed the Lease successfully.
+fn last_renewal(server: &Shared, who: &str) -> Instant {
+    calls(server)
+        .iter()
+        .rev()
+        .find(|c| c.who == who && c.method == Method::PUT && c.status == 200)
+        .unwrap()
+        .at
+}
+
 fn stored(server: &Shared) -> Lease {
     server.lock().unwrap().lease.clone().unwrap()
 }
@@ -307,12 +317,7 @@ async fn handover_when_the_holder_stops_renewing_and_on_release() {
 
     // `a` dies without releasing: it simply stops renewing.
     drop(a);
-    let last_renewal = calls(&server)
-        .iter()
-        .rev()
-        .find(|c| c.who == "a" && c.method == Method::PUT && c.status == 200)
-        .unwrap()
-        .at;
+    let last_renewal = last_renewal(&server, "a");
     let next = tokio::select! {
         t = leads(&b) => ("b", t),
         t = leads(&c) => ("c", t),
@@ -350,12 +355,7 @@ async fn renew_failure_past_the_deadline_is_lost_before_the_lease_expires() {
         let lost = lost_at(&a);
 
         server.lock().unwrap().modes.insert("a", mode);
-        let last_renewal = calls(&server)
-            .iter()
-            .rev()
-            .find(|c| c.who == "a" && c.method == Method::PUT && c.status == 200)
-            .unwrap()
-            .at;
+        let last_renewal = last_renewal(&server, "a");
         let lost = lost.await.unwrap();
         // Lost exactly at the renew deadline, while the Lease is still valid for the others...
         assert_eq!(lost - last_renewal, Duration::from_secs(10), "{mode:?}");

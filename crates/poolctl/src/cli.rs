@@ -88,6 +88,42 @@ pub enum Command {
     Logs(LogsArgs),
     /// Show who the token belongs to.
     Whoami,
+    /// Add (or renew) a ChatGPT/Codex account by logging in through the control plane.
+    Login(LoginArgs),
+}
+
+/// `poolctl login`: the control plane keeps the PKCE verifier; poolctl opens the authorize
+/// URL and carries the browser's redirect back.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Modes:\n  (default)  open the browser and catch its redirect on the control plane's redirect \
+                        URI (http://localhost:1455/auth/callback unless configured otherwise)\n  \
+                        --manual   print the URL; paste the address the browser ends on\n  \
+                        --device   show a code to enter on another device"
+)]
+pub struct LoginArgs {
+    /// Print the URL and read the redirected address from stdin (no local listener).
+    #[arg(long, conflicts_with = "device")]
+    pub manual: bool,
+    /// Device-code login: enter a code at the issuer's page on any device.
+    #[arg(long)]
+    pub device: bool,
+    /// Where to listen for the browser's redirect (host:port; default: the host and port of
+    /// the control plane's redirect URI).
+    #[arg(long, conflicts_with_all = ["manual", "device"])]
+    pub listen: Option<String>,
+    /// Do not try to open a browser (the URL is always printed).
+    #[arg(long)]
+    pub no_browser: bool,
+    /// Group of a newly created account.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Name of a newly created account (default: the login's e-mail).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Restrict the login to this ChatGPT workspace id.
+    #[arg(long)]
+    pub workspace: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -565,6 +601,22 @@ mod tests {
         };
         assert_eq!(a.provider, "azure_openai");
         assert_eq!(a.priority, Some(-3));
+    }
+
+    #[test]
+    fn login_flags() {
+        let c = parse(&["login"]).unwrap();
+        let Command::Login(l) = c.command else {
+            panic!()
+        };
+        assert!(!l.manual && !l.device && l.listen.is_none());
+        let c = parse(&["login", "--device", "--group", "g", "-o", "json"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Login(LoginArgs { device: true, .. })
+        ));
+        assert!(parse(&["login", "--manual", "--device"]).is_err());
+        assert!(parse(&["login", "--manual", "--listen", "127.0.0.1:1"]).is_err());
     }
 
     #[test]

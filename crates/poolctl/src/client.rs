@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use poolgate_proto::v1::admin_service_client::AdminServiceClient;
+use poolgate_proto::v1::login_service_client::LoginServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -34,6 +35,7 @@ impl Interceptor for Auth {
 }
 
 pub type Admin = AdminServiceClient<InterceptedService<Channel, Auth>>;
+pub type Login = LoginServiceClient<InterceptedService<Channel, Auth>>;
 
 /// What the error messages need to know about the connection.
 #[derive(Debug, Clone)]
@@ -45,6 +47,7 @@ pub struct Ctx {
 
 pub struct Client {
     pub api: Admin,
+    pub login: Login,
     pub ctx: Ctx,
 }
 
@@ -127,10 +130,11 @@ pub async fn connect(g: &Global) -> anyhow::Result<Client> {
         .connect()
         .await
         .map_err(|e| ctx.unreachable(&deepest(&e)))?;
+    let login = LoginServiceClient::with_interceptor(channel.clone(), Auth(header.clone()));
     let api = AdminServiceClient::with_interceptor(channel, Auth(header))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    Ok(Client { api, ctx })
+    Ok(Client { api, login, ctx })
 }
 
 /// The innermost cause, which names what actually failed ("Connection refused", a DNS error).

@@ -3,6 +3,7 @@
 
 mod cli;
 mod client;
+mod login;
 mod parse;
 mod run;
 mod table;

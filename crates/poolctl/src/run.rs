@@ -12,7 +12,7 @@ use tonic::Code;
 
 use crate::cli::{
     Cli, Command, CreateAccountArgs, CreateCmd, CreateKeyArgs, DeleteCmd, Expiry, GetAccountsArgs,
-    GetCmd, ImportCmd, LogsArgs, Output, SetCmd, SetPolicyArgs, Strategy, ToggleCmd,
+    GetCmd, ImportCmd, LoginArgs, LogsArgs, Output, SetCmd, SetPolicyArgs, Strategy, ToggleCmd,
     UpdateAccountArgs, UpdateCmd, UpdateKeyArgs, UsageArgs,
 };
 use crate::client::{self, Client};
@@ -146,6 +146,7 @@ enum Plan {
         docs: Vec<Doc>,
         group: String,
     },
+    Login(LoginArgs),
 }
 
 struct Doc {
@@ -157,6 +158,7 @@ impl Plan {
     fn from(cmd: Command, now: i64) -> anyhow::Result<Plan> {
         Ok(match cmd {
             Command::Whoami => Plan::Whoami,
+            Command::Login(l) => Plan::Login(l),
             Command::Usage(u) | Command::Get(GetCmd::Usage(u)) => Plan::Usage(u),
             Command::Logs(l) | Command::Get(GetCmd::Logs(l)) => logs_plan(l, now)?,
             Command::Get(GetCmd::Accounts(a)) => match a.id {
@@ -436,6 +438,14 @@ impl Plan {
                 p.done("token", &id, "deleted")?;
             }
             Plan::Import { docs, group } => return import(c, p, docs, group).await,
+            Plan::Login(args) => {
+                let r = crate::login::run(c, args).await?;
+                let a = r.account.clone().unwrap_or_default();
+                if p.format == Output::Table {
+                    note(&format!("Logged in: account {} {}.", a.id, r.outcome));
+                }
+                p.print(&r, |now| table::accounts(now, std::slice::from_ref(&a)), "")?;
+            }
         }
         Ok(ExitCode::SUCCESS)
     }

@@ -25,12 +25,8 @@ use tracing_subscriber::EnvFilter;
 
 mod cluster;
 mod gateway;
-
-// The request path allocates and frees many small buffers on every worker thread; mimalloc
-// does that with less CPU than glibc malloc and hands freed pages back to the OS, so a large
-// snapshot replaced by the next one does not leave its peak behind as resident memory.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+mod jobs;
+mod login;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -138,6 +134,10 @@ struct StandaloneArgs {
     gateway_admin_listen: String,
     #[command(flatten)]
     gateway: gateway::GatewayTuning,
+    #[command(flatten)]
+    login: login::LoginArgs,
+    #[command(flatten)]
+    jobs: jobs::JobArgs,
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +166,10 @@ struct ControlArgs {
     request_log_retention: Duration,
     #[command(flatten)]
     cluster: cluster::ClusterArgs,
+    #[command(flatten)]
+    login: login::LoginArgs,
+    #[command(flatten)]
+    jobs: jobs::JobArgs,
 }
 
 /// Why the process stops with an error: bad configuration (exit 2) or a run-time failure
@@ -386,6 +390,8 @@ async fn standalone(args: StandaloneArgs) -> Result<(), Failure> {
     config.request_log_retention = args.request_log_retention;
     config.bootstrap_token = Some(bootstrap);
     config.node_token = Some(node_token);
+    args.login.apply(&mut config);
+    args.jobs.apply(&mut config);
     let gateway = args.gateway.config(
         args.gateway_listen,
         args.gateway_admin_listen,
@@ -491,6 +497,8 @@ async fn control(args: ControlArgs) -> Result<(), Failure> {
     config.bootstrap_token = Some(bootstrap);
     config.node_token = Some(node_token);
     config.node_name = args.cluster.node_name;
+    args.login.apply(&mut config);
+    args.jobs.apply(&mut config);
     let store: Arc<dyn poolgate_store::Store> = Arc::new(store);
     let plane = poolgate_control::bind(config, store.clone())
         .await

@@ -11,8 +11,8 @@ use poolgate_core::report::{Observation, ObservationKind, ReportBatch};
 use poolgate_core::snapshot::{AccountState, Delta};
 use poolgate_core::{
     Account, AccountSpec, AdminToken, Attempt, AuditEvent, AzureConfig, CodexIdentity, Credentials,
-    Error, ExtraLimit, KeySpec, LogSummary, OAuthTokens, PlatformKey, QuotaGuard, RequestLog,
-    RoutingPolicy, Secret, Strategy, SummaryRow, UsageSnapshot, UsageWindow, usage,
+    Error, ExtraLimit, KeySpec, LogSummary, ManagedBy, OAuthTokens, PlatformKey, QuotaGuard,
+    RequestLog, RoutingPolicy, Secret, Strategy, SummaryRow, UsageSnapshot, UsageWindow, usage,
 };
 
 use crate::v1 as pb;
@@ -186,13 +186,45 @@ pub fn key_from_pb(k: pb::PlatformKey, hash: String) -> Result<PlatformKey, Erro
     })
 }
 
+/// A key as snapshots carry it: what a gateway authorises and shapes requests with, and the
+/// hash. Name, prefix, ownership and timestamps stay with the control plane (with 100,000 keys
+/// they were a third of a full snapshot and as many allocations on every gateway).
+pub fn wire_key(k: PlatformKey) -> PlatformKey {
+    PlatformKey {
+        spec: KeySpec {
+            name: String::new(),
+            ..k.spec
+        },
+        prefix: String::new(),
+        managed_by: ManagedBy::Api,
+        managed_ref: None,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        ..k
+    }
+}
+
 pub fn key_state_to_pb(k: &PlatformKey) -> pb::KeyState {
+    let s = &k.spec;
     pb::KeyState {
-        key: Some(key_to_pb(k)),
+        key: Some(pb::PlatformKey {
+            id: k.id.clone(),
+            status: k.status.to_string(),
+            expires_at_ms: s.expires_at_ms.unwrap_or(0),
+            allowed_models: s.allowed_models.clone(),
+            model_override: s.model_override.clone().unwrap_or_default(),
+            reasoning_effort: s
+                .reasoning_effort
+                .map(|e| e.to_string())
+                .unwrap_or_default(),
+            account_groups: s.account_groups.clone(),
+            ..Default::default()
+        }),
         hash: k.hash.clone(),
     }
 }
 
+/// The snapshot form of a key (see [`wire_key`]).
 pub fn key_state_from_pb(k: pb::KeyState) -> Result<PlatformKey, Error> {
     if k.hash.is_empty() {
         return Err(Error::invalid("key.hash", "is required"));
@@ -200,7 +232,24 @@ pub fn key_state_from_pb(k: pb::KeyState) -> Result<PlatformKey, Error> {
     let key = k
         .key
         .ok_or_else(|| Error::invalid("key", "is required in a key state"))?;
-    key_from_pb(key, k.hash)
+    Ok(PlatformKey {
+        spec: KeySpec {
+            name: String::new(),
+            expires_at_ms: positive(key.expires_at_ms),
+            allowed_models: key.allowed_models,
+            model_override: opt(key.model_override),
+            reasoning_effort: optional_enum(&key.reasoning_effort)?,
+            account_groups: key.account_groups,
+        },
+        prefix: String::new(),
+        hash: k.hash,
+        status: key.status.parse()?,
+        managed_by: ManagedBy::Api,
+        managed_ref: None,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+        id: key.id,
+    })
 }
 
 // ------------------------------------------------------------------------------- usage
@@ -792,7 +841,21 @@ mod tests {
     #[test]
     fn keys_round_trip_with_their_hash() {
         let k = key();
-        assert_eq!(key_state_from_pb(key_state_to_pb(&k)).unwrap(), k);
+        let back = key_state_from_pb(key_state_to_pb(&k)).unwrap();
+        assert_eq!(back, wire_key(k.clone()));
+        // Everything routing needs survives; the control plane's bookkeeping does not travel.
+        assert_eq!(
+            (&back.id, &back.hash, back.status),
+            (&k.id, &k.hash, k.status)
+        );
+        assert_eq!(back.spec.allowed_models, k.spec.allowed_models);
+        assert_eq!(back.spec.account_groups, k.spec.account_groups);
+        assert_eq!(back.spec.model_override, k.spec.model_override);
+        assert_eq!(back.spec.reasoning_effort, k.spec.reasoning_effort);
+        assert_eq!(back.spec.expires_at_ms, k.spec.expires_at_ms);
+        assert!(back.spec.name.is_empty() && back.prefix.is_empty());
+        let encoded = key_state_to_pb(&k).encode_to_vec();
+        assert!(!String::from_utf8_lossy(&encoded).contains(&k.spec.name));
         let bare = PlatformKey {
             spec: KeySpec {
                 name: "n".into(),
@@ -801,7 +864,10 @@ mod tests {
             status: KeyStatus::Active,
             ..k.clone()
         };
-        assert_eq!(key_state_from_pb(key_state_to_pb(&bare)).unwrap(), bare);
+        assert_eq!(
+            key_state_from_pb(key_state_to_pb(&bare)).unwrap(),
+            wire_key(bare)
+        );
         let mut no_hash = key_state_to_pb(&k);
         no_hash.hash.clear();
         assert!(key_state_from_pb(no_hash).is_err());
@@ -873,7 +939,7 @@ mod tests {
                 cooldown_until_ms: None,
             })],
             remove_accounts: vec!["acc_gone".into()],
-            upsert_keys: vec![key()],
+            upsert_keys: vec![wire_key(key())],
             remove_keys: vec!["key_gone".into()],
             policy: Some(RoutingPolicy {
                 p2c_window: 5,

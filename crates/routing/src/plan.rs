@@ -830,6 +830,53 @@ mod tests {
         );
     }
 
+    /// A usage poll that moves the windows moves the pick: the tightest window counts, the
+    /// weekly one included, and a window whose reset passed no longer weighs.
+    #[test]
+    fn p2c_follows_headroom_as_usage_changes() {
+        let weekly = |five: f64, week: f64, week_reset: i64| {
+            let mut u = usage(five);
+            if let Some(u) = u.as_mut() {
+                u.secondary = Some(UsageWindow {
+                    used_percent: week,
+                    window_minutes: 10_080,
+                    resets_at_ms: Some(week_reset),
+                });
+            }
+            u
+        };
+        let mut accounts = vec![acc("a", 0), acc("b", 0)];
+        let r = router(Strategy::Ordered, 2);
+        let same = |_: usize, _: &RouteAccount| observed(500);
+        let first = |accounts: &[RouteAccount], seed: u64| {
+            r.plan(
+                accounts,
+                &RouteRequest::new("m", "k"),
+                &same,
+                NOW,
+                0,
+                &mut SplitMix64::new(seed),
+            )
+            .candidates[0]
+                .index
+        };
+        // a: little 5h use but a weekly window at 85 %; b: 40 % / 10 %.
+        accounts[0].usage = weekly(5.0, 85.0, NOW + 86_400_000);
+        accounts[1].usage = weekly(40.0, 10.0, NOW + 86_400_000);
+        assert!((0..20).all(|seed| first(&accounts, seed) == 1));
+        // a's weekly window reset: its 5 % now decides, and it wins.
+        accounts[0].usage = weekly(5.0, 85.0, NOW - 1);
+        assert!((0..20).all(|seed| first(&accounts, seed) == 0));
+        // b is polled again with room: equal headroom, the tie goes to the strategy order.
+        accounts[1].usage = weekly(5.0, 5.0, NOW + 86_400_000);
+        assert!((0..20).all(|seed| first(&accounts, seed) == 0));
+        let (sa, sb) = (
+            r.score(&accounts[0], &observed(500), 1_000.0, NOW),
+            r.score(&accounts[1], &observed(500), 1_000.0, NOW),
+        );
+        assert_eq!(sa.headroom, sb.headroom);
+    }
+
     #[test]
     fn low_quota_accounts_are_flagged_when_all_are_low() {
         let mut accounts = vec![acc("a", 0), acc("b", 0)];

@@ -19,8 +19,8 @@ use poolgate_core::report::Observation;
 use poolgate_core::snapshot::AccountState;
 use poolgate_core::{
     Account, AccountPatch, AccountSpec, AccountStatus, AdminToken, AuditEvent, CodexIdentity,
-    Credentials, KeyPatch, LogFilter, LogSummary, ManagedBy, PlatformKey, Provider, RequestLog,
-    RoutingPolicy, UsageSnapshot,
+    Credentials, KeyPatch, LogFilter, LogSummary, ManagedBy, OAuthTokens, PlatformKey, Provider,
+    RequestLog, RoutingPolicy, UsageSnapshot,
 };
 
 use tokio::sync::watch;
@@ -108,6 +108,65 @@ pub struct ObservationOutcome {
     pub unknown: u64,
     /// Accounts newly marked for an OAuth token refresh.
     pub refresh_requested: u64,
+}
+
+/// A claim on one account's OAuth refresh: while it holds, no other refresher gets the refresh
+/// token (see [`Store::begin_refresh`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefreshClaim {
+    pub account_id: String,
+    /// Names this claim; completing or releasing it checks it still holds.
+    pub lease: String,
+    pub lease_until_ms: i64,
+    /// The tokens as stored when claimed; their refresh token is the one to send.
+    pub tokens: OAuthTokens,
+    /// A gateway saw the account fail authentication (a reactive refresh).
+    pub requested: bool,
+    /// An earlier claim lapsed without completing: its holder may have sent this refresh
+    /// token already, in which case the issuer now answers `refresh_token_reused`.
+    pub recovered: bool,
+}
+
+/// What [`Store::begin_refresh`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RefreshStart {
+    Claimed(RefreshClaim),
+    /// Another refresher holds a live claim until then.
+    Busy {
+        until_ms: i64,
+    },
+    /// Refreshing waits until then (backoff after a transient failure, or a region block).
+    Paused {
+        until_ms: i64,
+    },
+    /// Nothing to refresh: no refresh token, or the login is dead (auth_invalid,
+    /// deactivated) and needs a new one.
+    NotRefreshable,
+}
+
+/// How a claim ends without new tokens ([`Store::release_refresh`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RefreshRelease {
+    /// Nothing was sent: the access token is not due. Records its expiry for
+    /// [`Store::accounts_due_for_refresh`].
+    NotDue { access_expires_at_ms: Option<i64> },
+    /// A transient failure: no attempt before `not_before_ms`.
+    Retry { not_before_ms: i64 },
+    /// The issuer refuses this region: no attempt before `until_ms` (audited).
+    Paused { until_ms: i64, detail: String },
+    /// The refresh token is dead (reused, expired, invalidated): the account becomes
+    /// unavailable (`auth_invalid`) until a new login, and gateways learn it at once.
+    Invalid { detail: String },
+}
+
+/// What [`Store::complete_refresh`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshCommit {
+    /// The new tokens replaced the claimed ones.
+    Committed,
+    /// The claim no longer held (another refresher, a new login or an import replaced the
+    /// tokens): nothing was written.
+    Conflict,
 }
 
 /// Why a gateway was seen.
@@ -313,6 +372,37 @@ pub trait Store: Send + Sync + 'static {
     /// Accounts a gateway saw fail authentication that still have a refresh token, for the
     /// leader's token refresh job. New credentials clear the mark.
     async fn accounts_needing_refresh(&self) -> Result<Vec<String>>;
+    /// OAuth accounts whose tokens a refresher should look at now, most urgent first, at most
+    /// `limit`: those a gateway asked to refresh and those whose access token expires before
+    /// `expiring_before_ms` (or whose expiry is not yet known), without a live claim or a
+    /// pause at `now_ms`, with a refresh token and a login not known to be dead.
+    async fn accounts_due_for_refresh(
+        &self,
+        expiring_before_ms: i64,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<String>>;
+    /// Claims the account's refresh for `lease_ms`, with its credential row locked: at most
+    /// one live claim exists per account, so only its holder ever sends the refresh token.
+    /// `NotFound` when the account does not exist.
+    async fn begin_refresh(&self, account_id: &str, lease_ms: i64) -> Result<RefreshStart>;
+    /// Stores the refreshed tokens, with the credential row locked, only if `claim` still
+    /// holds and the stored refresh token is still the claimed one (compare-and-set). Clears
+    /// the refresh request and an `auth_failed` cooldown, and writes a change-log row, so
+    /// gateways get the new access token with the next delta.
+    async fn complete_refresh(
+        &self,
+        claim: &RefreshClaim,
+        tokens: &OAuthTokens,
+        actor: &str,
+    ) -> Result<RefreshCommit>;
+    /// Ends a claim without new tokens; a no-op (`false`) when it no longer holds.
+    async fn release_refresh(
+        &self,
+        claim: &RefreshClaim,
+        release: &RefreshRelease,
+        actor: &str,
+    ) -> Result<bool>;
 
     // --- gateways ---------------------------------------------------------------------------
     async fn upsert_gateway_seen(&self, seen: &GatewaySeen) -> Result<()>;

@@ -20,6 +20,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "snapshot",
         sql: include_str!("../migrations/sqlite/0002_snapshot.sql"),
     },
+    Migration {
+        version: 3,
+        name: "refresh",
+        sql: include_str!("../migrations/sqlite/0003_refresh.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -32,6 +37,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 2,
         name: "snapshot",
         sql: include_str!("../migrations/postgres/0002_snapshot.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "refresh",
+        sql: include_str!("../migrations/postgres/0003_refresh.sql"),
     },
 ];
 

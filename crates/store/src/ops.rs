@@ -10,11 +10,13 @@ use poolgate_core::authjson::ImportedCodexAuth;
 use poolgate_core::page::{self, Cursor, PageRequest};
 use poolgate_core::report::{Observation, ObservationKind};
 use poolgate_core::snapshot::AccountState;
+use poolgate_core::usage::Availability;
 use poolgate_core::usage::WEEKLY_THRESHOLD_MINUTES;
 use poolgate_core::{
     Account, AccountPatch, AccountSpec, AccountStatus, AdminToken, AuditEvent, AzureConfig,
-    CodexIdentity, Credentials, KeyPatch, KeySpec, LogFilter, LogSummary, ManagedBy, PlatformKey,
-    Provider, RequestLog, RoutingPolicy, StatusReason, SummaryRow, UsageSnapshot, UsageWindow,
+    CodexIdentity, Credentials, KeyPatch, KeySpec, LogFilter, LogSummary, ManagedBy, OAuthTokens,
+    PlatformKey, Provider, RequestLog, RoutingPolicy, StatusReason, SummaryRow, UsageSnapshot,
+    UsageWindow,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -22,8 +24,8 @@ use serde::de::DeserializeOwned;
 use crate::sql::{Row, Tx, Val, Where};
 use crate::{
     AccountFilter, Change, Cipher, FullState, GatewayEvent, GatewayRecord, GatewaySeen,
-    ImportOutcome, ObservationOutcome, Page, ResourceKind, Result, StoreError, listing, new_id,
-    now_ms,
+    ImportOutcome, ObservationOutcome, Page, RefreshClaim, RefreshCommit, RefreshRelease,
+    RefreshStart, ResourceKind, Result, StoreError, listing, new_id, now_ms,
 };
 
 /// The change-log id of the single routing policy.
@@ -517,15 +519,40 @@ async fn put_credentials<T: Tx>(
     let plain = serde_json::to_vec(creds)
         .map_err(|e| StoreError::Internal(format!("cannot encode credentials: {e}")))?;
     let sealed = cipher.seal(id, &plain)?;
+    let (expires, refreshable) = match creds {
+        Credentials::OAuth(t) => (t.access_expires_at_ms(), !t.refresh_token.is_empty()),
+        Credentials::ApiKey { .. } => (None, false),
+    };
+    // New credentials end any refresh claim and pause: a refresher still holding a claim on
+    // the old tokens finds it gone and discards what it got (compare-and-set).
     tx.exec(
-        "INSERT INTO credentials (account_id, kind, sealed, updated_at_ms) VALUES ($1, $2, $3, $4) \
+        "INSERT INTO credentials (account_id, kind, sealed, updated_at_ms, access_expires_at_ms, \
+         refreshable, refresh_lease, refresh_lease_until_ms, refresh_not_before_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, NULL, NULL, NULL) \
          ON CONFLICT (account_id) DO UPDATE SET kind = excluded.kind, sealed = excluded.sealed, \
-         updated_at_ms = excluded.updated_at_ms",
+         updated_at_ms = excluded.updated_at_ms, \
+         access_expires_at_ms = excluded.access_expires_at_ms, \
+         refreshable = excluded.refreshable, refresh_lease = NULL, \
+         refresh_lease_until_ms = NULL, refresh_not_before_ms = NULL",
         &[
             id.into(),
             creds.kind().into(),
             sealed.into(),
             now_ms().into(),
+            expires.into(),
+            refreshable.into(),
+        ],
+    )
+    .await?;
+    // A login found dead (auth_invalid) is alive again with new credentials.
+    tx.exec(
+        "UPDATE accounts SET status = $2, status_reason = NULL WHERE id = $1 AND status = $3 \
+         AND status_reason = $4",
+        &[
+            id.into(),
+            AccountStatus::Active.as_str().into(),
+            AccountStatus::Unavailable.as_str().into(),
+            StatusReason::AuthInvalid.as_str().into(),
         ],
     )
     .await?;
@@ -952,6 +979,41 @@ pub(crate) async fn set_usage<T: Tx>(
         &[account_id.into(), to_json(usage)?.into(), now_ms().into()],
     )
     .await?;
+    // A reading with room left ends what an exhausted window started: the quota cooldown
+    // and a quota_exhausted status, so the account comes back as soon as its quota does
+    // instead of waiting out a stale cooldown.
+    if usage.primary.is_some() && usage.availability() != Availability::Unavailable {
+        tx.exec(
+            "UPDATE accounts SET cooldown_until_ms = NULL, cooldown_reason = NULL \
+             WHERE id = $1 AND cooldown_reason = $2",
+            &[account_id.into(), "quota_exhausted".into()],
+        )
+        .await?;
+        let n = tx
+            .exec(
+                "UPDATE accounts SET status = $2, status_reason = NULL, updated_at_ms = $5 \
+                 WHERE id = $1 AND status = $3 AND status_reason = $4",
+                &[
+                    account_id.into(),
+                    AccountStatus::Active.as_str().into(),
+                    AccountStatus::Unavailable.as_str().into(),
+                    StatusReason::QuotaExhausted.as_str().into(),
+                    now_ms().into(),
+                ],
+            )
+            .await?;
+        if n > 0 {
+            audit(
+                tx,
+                "usage",
+                "account.usage",
+                "account",
+                account_id,
+                "status active: the usage endpoint shows quota left",
+            )
+            .await?;
+        }
+    }
     record_change(tx, ResourceKind::Account, account_id, false).await?;
     Ok(())
 }
@@ -2077,6 +2139,240 @@ pub(crate) async fn accounts_needing_refresh<T: Tx>(tx: &T) -> Result<Vec<String
     .iter()
     .map(|r| r.text(0))
     .collect()
+}
+
+// --- token refresh ---------------------------------------------------------------------------
+
+/// See `Store::accounts_due_for_refresh`.
+pub(crate) async fn accounts_due_for_refresh<T: Tx>(
+    tx: &T,
+    expiring_before_ms: i64,
+    now: i64,
+    limit: u32,
+) -> Result<Vec<String>> {
+    tx.query(
+        "SELECT c.account_id FROM credentials c JOIN accounts a ON a.id = c.account_id \
+         WHERE c.kind = $1 AND c.refreshable = $2 \
+         AND (a.status_reason IS NULL OR a.status_reason NOT IN ($3, $4)) \
+         AND (c.refresh_lease_until_ms IS NULL OR c.refresh_lease_until_ms <= $5) \
+         AND (c.refresh_not_before_ms IS NULL OR c.refresh_not_before_ms <= $5) \
+         AND (a.needs_refresh = $2 OR c.access_expires_at_ms IS NULL \
+              OR c.access_expires_at_ms <= $6) \
+         ORDER BY a.needs_refresh DESC, COALESCE(c.access_expires_at_ms, 0), c.account_id \
+         LIMIT $7",
+        &[
+            "oauth".into(),
+            true.into(),
+            StatusReason::AuthInvalid.as_str().into(),
+            StatusReason::Deactivated.as_str().into(),
+            now.into(),
+            expiring_before_ms.into(),
+            limit.min(10_000).into(),
+        ],
+    )
+    .await?
+    .iter()
+    .map(|r| r.text(0))
+    .collect()
+}
+
+/// The claimable state of one credential row, read with the row locked.
+struct RefreshRow {
+    sealed: Vec<u8>,
+    lease: Option<String>,
+    lease_until_ms: Option<i64>,
+    not_before_ms: Option<i64>,
+    needs_refresh: bool,
+    status: AccountStatus,
+    status_reason: Option<StatusReason>,
+}
+
+async fn refresh_row<T: Tx>(tx: &T, id: &str) -> Result<Option<RefreshRow>> {
+    tx.lock_credentials(id).await?;
+    let rows = tx
+        .query(
+            "SELECT c.sealed, c.refresh_lease, c.refresh_lease_until_ms, \
+             c.refresh_not_before_ms, a.needs_refresh, a.status, a.status_reason \
+             FROM credentials c JOIN accounts a ON a.id = c.account_id WHERE c.account_id = $1",
+            &[id.into()],
+        )
+        .await?;
+    rows.first()
+        .map(|r| {
+            Ok(RefreshRow {
+                sealed: r.bytes(0)?,
+                lease: r.opt_text(1)?,
+                lease_until_ms: r.opt_i64(2)?,
+                not_before_ms: r.opt_i64(3)?,
+                needs_refresh: r.bool(4)?,
+                status: parse_col(&r.text(5)?)?,
+                status_reason: opt_col(r.opt_text(6)?)?,
+            })
+        })
+        .transpose()
+}
+
+/// See `Store::begin_refresh`.
+pub(crate) async fn begin_refresh<T: Tx>(
+    tx: &T,
+    cipher: &Cipher,
+    id: &str,
+    lease_ms: i64,
+) -> Result<RefreshStart> {
+    let Some(row) = refresh_row(tx, id).await? else {
+        get_account(tx, id).await?;
+        return Ok(RefreshStart::NotRefreshable);
+    };
+    let now = now_ms();
+    let dead = row.status == AccountStatus::Unavailable
+        && matches!(
+            row.status_reason,
+            Some(StatusReason::AuthInvalid | StatusReason::Deactivated)
+        );
+    if dead {
+        return Ok(RefreshStart::NotRefreshable);
+    }
+    if let Some(until) = row.lease_until_ms.filter(|u| *u > now) {
+        return Ok(RefreshStart::Busy { until_ms: until });
+    }
+    if let Some(until) = row.not_before_ms.filter(|u| *u > now) {
+        return Ok(RefreshStart::Paused { until_ms: until });
+    }
+    let tokens = match open_credentials(cipher, id, &row.sealed)? {
+        Credentials::OAuth(t) if !t.refresh_token.is_empty() => t,
+        _ => {
+            tx.exec(
+                "UPDATE credentials SET refreshable = $2 WHERE account_id = $1",
+                &[id.into(), false.into()],
+            )
+            .await?;
+            return Ok(RefreshStart::NotRefreshable);
+        }
+    };
+    let lease = new_id("lease")?;
+    let lease_until_ms = now.saturating_add(lease_ms.max(1));
+    tx.exec(
+        "UPDATE credentials SET refresh_lease = $2, refresh_lease_until_ms = $3 \
+         WHERE account_id = $1",
+        &[id.into(), lease.as_str().into(), lease_until_ms.into()],
+    )
+    .await?;
+    Ok(RefreshStart::Claimed(RefreshClaim {
+        account_id: id.to_string(),
+        lease,
+        lease_until_ms,
+        tokens,
+        requested: row.needs_refresh,
+        recovered: row.lease.is_some(),
+    }))
+}
+
+/// See `Store::complete_refresh`.
+pub(crate) async fn complete_refresh<T: Tx>(
+    tx: &T,
+    cipher: &Cipher,
+    claim: &RefreshClaim,
+    tokens: &OAuthTokens,
+    actor: &str,
+) -> Result<RefreshCommit> {
+    let id = claim.account_id.as_str();
+    let Some(row) = refresh_row(tx, id).await? else {
+        return Ok(RefreshCommit::Conflict);
+    };
+    if row.lease.as_deref() != Some(claim.lease.as_str()) {
+        return Ok(RefreshCommit::Conflict);
+    }
+    // The lease is rewritten by every credential write, so this holds whenever the lease
+    // does; checked anyway, as it is the invariant that matters.
+    match open_credentials(cipher, id, &row.sealed)? {
+        Credentials::OAuth(t) if t.refresh_token == claim.tokens.refresh_token => {}
+        _ => return Ok(RefreshCommit::Conflict),
+    }
+    let creds = Credentials::OAuth(tokens.clone());
+    creds.check_for(Provider::Codex)?;
+    put_credentials(tx, cipher, id, &creds).await?;
+    tx.exec(
+        "UPDATE accounts SET updated_at_ms = $2 WHERE id = $1",
+        &[id.into(), now_ms().into()],
+    )
+    .await?;
+    let detail = if claim.requested {
+        "tokens refreshed after a gateway saw an auth failure"
+    } else {
+        "tokens refreshed before the access token expires"
+    };
+    audit(tx, actor, "account.refresh", "account", id, detail).await?;
+    record_change(tx, ResourceKind::Account, id, false).await?;
+    Ok(RefreshCommit::Committed)
+}
+
+/// See `Store::release_refresh`.
+pub(crate) async fn release_refresh<T: Tx>(
+    tx: &T,
+    claim: &RefreshClaim,
+    release: &RefreshRelease,
+    actor: &str,
+) -> Result<bool> {
+    let id = claim.account_id.as_str();
+    let Some(row) = refresh_row(tx, id).await? else {
+        return Ok(false);
+    };
+    if row.lease.as_deref() != Some(claim.lease.as_str()) {
+        return Ok(false);
+    }
+    let end = |extra: &str| {
+        format!(
+            "UPDATE credentials SET refresh_lease = NULL, refresh_lease_until_ms = NULL{extra} \
+             WHERE account_id = $1"
+        )
+    };
+    match release {
+        RefreshRelease::NotDue {
+            access_expires_at_ms,
+        } => {
+            tx.exec(
+                &end(", access_expires_at_ms = $2"),
+                &[id.into(), (*access_expires_at_ms).into()],
+            )
+            .await?;
+        }
+        RefreshRelease::Retry { not_before_ms } => {
+            tx.exec(
+                &end(", refresh_not_before_ms = $2"),
+                &[id.into(), (*not_before_ms).into()],
+            )
+            .await?;
+        }
+        RefreshRelease::Paused { until_ms, detail } => {
+            tx.exec(
+                &end(", refresh_not_before_ms = $2"),
+                &[id.into(), (*until_ms).into()],
+            )
+            .await?;
+            let detail = format!("token refresh paused: {detail}");
+            audit(tx, actor, "account.refresh_paused", "account", id, &detail).await?;
+        }
+        RefreshRelease::Invalid { detail } => {
+            tx.exec(&end(""), &[id.into()]).await?;
+            tx.exec(
+                "UPDATE accounts SET status = $2, status_reason = $3, needs_refresh = $4, \
+                 updated_at_ms = $5 WHERE id = $1",
+                &[
+                    id.into(),
+                    AccountStatus::Unavailable.as_str().into(),
+                    StatusReason::AuthInvalid.as_str().into(),
+                    false.into(),
+                    now_ms().into(),
+                ],
+            )
+            .await?;
+            let detail =
+                format!("status unavailable (auth_invalid): token refresh refused: {detail}");
+            audit(tx, actor, "account.refresh_failed", "account", id, &detail).await?;
+            record_change(tx, ResourceKind::Account, id, false).await?;
+        }
+    }
+    Ok(true)
 }
 
 // --- gateways --------------------------------------------------------------------------------

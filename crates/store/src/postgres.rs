@@ -19,8 +19,8 @@ use poolgate_core::report::Observation;
 use poolgate_core::snapshot::AccountState;
 use poolgate_core::{
     Account, AccountPatch, AccountSpec, AdminToken, AuditEvent, CodexIdentity, Credentials,
-    KeyPatch, LogFilter, LogSummary, ManagedBy, PlatformKey, RequestLog, RoutingPolicy,
-    UsageSnapshot,
+    KeyPatch, LogFilter, LogSummary, ManagedBy, OAuthTokens, PlatformKey, RequestLog,
+    RoutingPolicy, UsageSnapshot,
 };
 use tokio::sync::watch;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -31,7 +31,8 @@ use tokio_postgres::{AsyncMessage, IsolationLevel, NoTls};
 use crate::sql::{Row, Tx, Val};
 use crate::{
     AccountFilter, Change, Cipher, FullState, GatewayRecord, GatewaySeen, ImportOutcome,
-    ObservationOutcome, Page, Result, Store, StoreError, migrate, ops,
+    ObservationOutcome, Page, RefreshClaim, RefreshCommit, RefreshRelease, RefreshStart, Result,
+    Store, StoreError, migrate, ops,
 };
 
 /// `NOTIFY` channel that carries each new change-log version, so other control-plane replicas
@@ -197,6 +198,15 @@ impl<C: GenericClient> Tx for PgConn<'_, C> {
         self.exec(
             "SELECT pg_advisory_xact_lock($1)",
             &[OBSERVATION_LOCK.into()],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn lock_credentials(&self, account_id: &str) -> Result<()> {
+        self.exec(
+            "SELECT 1 FROM credentials WHERE account_id = $1 FOR UPDATE",
+            &[account_id.into()],
         )
         .await
         .map(drop)
@@ -826,6 +836,57 @@ impl Store for PgStore {
 
     async fn accounts_needing_refresh(&self) -> Result<Vec<String>> {
         read!(self, |tx| ops::accounts_needing_refresh(tx).await)
+    }
+
+    async fn accounts_due_for_refresh(
+        &self,
+        expiring_before_ms: i64,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        read!(self, |tx| ops::accounts_due_for_refresh(
+            tx,
+            expiring_before_ms,
+            now_ms,
+            limit
+        )
+        .await)
+    }
+
+    async fn begin_refresh(&self, account_id: &str, lease_ms: i64) -> Result<RefreshStart> {
+        write_tx!(self, |tx| ops::begin_refresh(
+            tx,
+            &self.cipher,
+            account_id,
+            lease_ms
+        )
+        .await)
+    }
+
+    async fn complete_refresh(
+        &self,
+        claim: &RefreshClaim,
+        tokens: &OAuthTokens,
+        actor: &str,
+    ) -> Result<RefreshCommit> {
+        write_tx!(self, |tx| ops::complete_refresh(
+            tx,
+            &self.cipher,
+            claim,
+            tokens,
+            actor
+        )
+        .await)
+    }
+
+    async fn release_refresh(
+        &self,
+        claim: &RefreshClaim,
+        release: &RefreshRelease,
+        actor: &str,
+    ) -> Result<bool> {
+        write_tx!(self, |tx| ops::release_refresh(tx, claim, release, actor)
+            .await)
     }
 
     async fn upsert_gateway_seen(&self, seen: &GatewaySeen) -> Result<()> {

@@ -179,6 +179,10 @@ pub(crate) trait Tx {
     /// Serialises folds of gateway observations until the transaction ends: each reads the
     /// accounts' shared state and writes it back, which must not interleave.
     async fn lock_observations(&self) -> Result<()>;
+    /// Locks one account's credential row until the transaction ends (PostgreSQL
+    /// `SELECT … FOR UPDATE`; SQLite's write transaction already excludes other writers), so
+    /// two token refreshers never both read the same refresh token as unclaimed.
+    async fn lock_credentials(&self, account_id: &str) -> Result<()>;
     /// Called after a change-log row was written (PostgreSQL notifies other replicas).
     async fn changed(&self, version: i64) -> Result<()>;
 }

@@ -14,8 +14,8 @@ use poolgate_core::report::Observation;
 use poolgate_core::snapshot::AccountState;
 use poolgate_core::{
     Account, AccountPatch, AccountSpec, AdminToken, AuditEvent, CodexIdentity, Credentials,
-    KeyPatch, LogFilter, LogSummary, ManagedBy, PlatformKey, RequestLog, RoutingPolicy,
-    UsageSnapshot,
+    KeyPatch, LogFilter, LogSummary, ManagedBy, OAuthTokens, PlatformKey, RequestLog,
+    RoutingPolicy, UsageSnapshot,
 };
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode, TransactionBehavior, params_from_iter};
@@ -24,7 +24,8 @@ use tokio::sync::watch;
 use crate::sql::{Row, Tx, Val};
 use crate::{
     AccountFilter, Change, Cipher, FullState, GatewayRecord, GatewaySeen, ImportOutcome,
-    ObservationOutcome, Page, Result, Store, StoreError, migrate, ops,
+    ObservationOutcome, Page, RefreshClaim, RefreshCommit, RefreshRelease, RefreshStart, Result,
+    Store, StoreError, migrate, ops,
 };
 
 impl rusqlite::ToSql for Val {
@@ -122,6 +123,10 @@ impl Tx for Conn<'_> {
     }
 
     async fn lock_observations(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn lock_credentials(&self, _account_id: &str) -> Result<()> {
         Ok(())
     }
 
@@ -634,6 +639,58 @@ impl Store for SqliteStore {
 
     async fn accounts_needing_refresh(&self) -> Result<Vec<String>> {
         read!(self, |tx| ops::accounts_needing_refresh(tx).await)
+    }
+
+    async fn accounts_due_for_refresh(
+        &self,
+        expiring_before_ms: i64,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        read!(self, |tx| ops::accounts_due_for_refresh(
+            tx,
+            expiring_before_ms,
+            now_ms,
+            limit
+        )
+        .await)
+    }
+
+    async fn begin_refresh(&self, account_id: &str, lease_ms: i64) -> Result<RefreshStart> {
+        let (cipher, id) = (self.cipher.clone(), account_id.to_string());
+        write_tx!(self, |tx| ops::begin_refresh(tx, &cipher, &id, lease_ms)
+            .await)
+    }
+
+    async fn complete_refresh(
+        &self,
+        claim: &RefreshClaim,
+        tokens: &OAuthTokens,
+        actor: &str,
+    ) -> Result<RefreshCommit> {
+        let (cipher, claim, tokens, actor) = (
+            self.cipher.clone(),
+            claim.clone(),
+            tokens.clone(),
+            actor.to_string(),
+        );
+        write_tx!(self, |tx| ops::complete_refresh(
+            tx, &cipher, &claim, &tokens, &actor
+        )
+        .await)
+    }
+
+    async fn release_refresh(
+        &self,
+        claim: &RefreshClaim,
+        release: &RefreshRelease,
+        actor: &str,
+    ) -> Result<bool> {
+        let (claim, release, actor) = (claim.clone(), release.clone(), actor.to_string());
+        write_tx!(self, |tx| ops::release_refresh(
+            tx, &claim, &release, &actor
+        )
+        .await)
     }
 
     async fn upsert_gateway_seen(&self, seen: &GatewaySeen) -> Result<()> {

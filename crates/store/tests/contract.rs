@@ -1673,7 +1673,7 @@ async fn reopen_keeps_data_and_migrations_are_idempotent(f: &Fixture) {
         );
         assert_eq!(other.get_policy().await.unwrap().p2c_window, 9);
     }
-    assert_eq!(f.count("schema_migrations").await, 2);
+    assert_eq!(f.count("schema_migrations").await, 3);
 }
 
 async fn managed_by_handover(f: &Fixture) {
@@ -1920,7 +1920,7 @@ async fn postgres_replicas_migrate_a_new_database_together() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 2);
+    assert_eq!(n, 3);
 }
 
 #[tokio::test]

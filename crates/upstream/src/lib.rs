@@ -15,6 +15,9 @@
 
 mod codex;
 mod error;
+pub mod oauth;
+pub mod refresh;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::pin::Pin;

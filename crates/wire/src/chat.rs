@@ -488,7 +488,7 @@ fn convert_message(
 }
 
 /// Function arguments as the JSON text both APIs carry; absent or blank means no arguments.
-fn arguments_string(v: Option<&Value>) -> String {
+pub(crate) fn arguments_string(v: Option<&Value>) -> String {
     match v {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         None | Some(Value::Null | Value::String(_)) => "{}".to_string(),
@@ -587,7 +587,7 @@ fn finish_reason(has_tool_calls: bool, response: Option<&Value>) -> &'static str
     }
 }
 
-fn reasoning_summary(item: &Value) -> String {
+pub(crate) fn reasoning_summary(item: &Value) -> String {
     item.get("summary")
         .and_then(Value::as_array)
         .into_iter()
@@ -597,7 +597,7 @@ fn reasoning_summary(item: &Value) -> String {
         .join("\n\n")
 }
 
-fn message_text(item: &Value) -> (String, String) {
+pub(crate) fn message_text(item: &Value) -> (String, String) {
     let (mut text, mut refusal) = (String::new(), String::new());
     for part in item
         .get("content")

@@ -4,6 +4,8 @@
 //! - [`responses`]: Codex backend request normalisation, native-client detection, session headers.
 //! - [`aggregate`]: a Responses event stream folded into the final non-streaming response.
 //! - [`chat`]: Chat Completions ↔ Responses, requests, responses and streams.
+//! - [`anthropic`]: Anthropic Messages ↔ Responses, errors, local token counts, the anchor for
+//!   Claude-style clients.
 //! - [`usage`]: token usage from JSON bodies and SSE events.
 //! - [`classify`]: upstream outcome classification, stream preflight, Codex usage headers.
 //! - [`errors`]: OpenAI-shaped error bodies, including Codex's `usage_limit_reached`.
@@ -12,6 +14,7 @@
 //! gateway can pass its header map directly; [`header_lookup`] adapts a slice of pairs.
 
 pub mod aggregate;
+pub mod anthropic;
 pub mod chat;
 pub mod classify;
 mod error;

@@ -3,6 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use poolgate_wire::aggregate::ResponsesAggregator;
+use poolgate_wire::anthropic::{
+    CODEX_SIGNATURE_PREFIX, MessagesReplyOptions, MessagesStreamTranslator, anthropic_error_body,
+    anthropic_error_from_upstream, anthropic_stream_error_frame, claude_anchor, count_tokens,
+    messages_to_responses_request, parse_messages_request, responses_to_messages,
+};
 use poolgate_wire::chat::{
     ChatStreamOptions, ChatStreamTranslator, ToolNameMap, chat_to_responses_request,
     responses_to_chat_completion,
@@ -11,14 +16,14 @@ use poolgate_wire::classify::{
     classify_response, classify_stream_event, parse_codex_usage_headers,
 };
 use poolgate_wire::responses::{
-    CodexRequestOptions, SessionInput, adjust_native_codex_request, codex_session_headers,
-    normalize_codex_request,
+    CodexRequestOptions, NEUTRAL_INSTRUCTIONS, SessionInput, adjust_native_codex_request,
+    codex_session_headers, normalize_codex_request,
 };
 use poolgate_wire::sse::{SseDecoder, SseEvent, decode_all, encode};
 use poolgate_wire::usage::{UsageAccumulator, usage_from_body};
 use poolgate_wire::{WireError, header_lookup};
 use proptest::prelude::*;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 const KEYS: &[&str] = &[
     "type",
@@ -251,6 +256,235 @@ fn sse_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(piece, 0..40).prop_map(|p| p.concat())
 }
 
+const LONG_TOOL: &str = "mcp__a_very_long_server_name_that_keeps_going_and_going__tool_name_x";
+
+fn tool_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(&["Read", "Bash", "f", "", LONG_TOOL][..]).prop_map(str::to_string),
+        Just(format!("{LONG_TOOL}_and_more_to_make_it_longer")),
+        Just(format!("mcp__{}__tool_name_x", "s".repeat(70))),
+        ".{0,8}",
+    ]
+}
+
+fn media_source() -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(
+            &[
+                "base64", "base64", "base64", "url", "url", "text", "file", "content", "x",
+            ][..],
+        ),
+        ".{0,6}",
+        prop::option::of(json_value()),
+    )
+        .prop_map(|(ty, s, content)| {
+            json!({"type": ty, "media_type": "image/png", "data": s, "url": s, "file_id": s,
+                   "content": content.unwrap_or_else(|| json!(s))})
+        })
+}
+
+/// An Anthropic message: mostly the blocks its role may carry, sometimes not at all.
+fn anthropic_message() -> impl Strategy<Value = Value> {
+    let text = ".{0,12}".prop_map(|t| json!({"type": "text", "text": t}));
+    let image = media_source().prop_map(|s| json!({"type": "image", "source": s}));
+    let document = (media_source(), prop::option::of(".{0,4}"))
+        .prop_map(|(s, t)| json!({"type": "document", "source": s, "title": t}));
+    let tool_use = (".{0,4}", tool_name(), json_value()).prop_map(
+        |(id, name, input)| json!({"type": "tool_use", "id": id, "name": name, "input": input}),
+    );
+    let result_content = prop_oneof![
+        3 => ".{0,8}".prop_map(Value::String),
+        3 => prop::collection::vec(
+            prop_oneof![
+                ".{0,8}".prop_map(|t| json!({"type": "text", "text": t})),
+                media_source().prop_map(|s| json!({"type": "image", "source": s})),
+            ],
+            0..3
+        )
+        .prop_map(Value::Array),
+        1 => json_value(),
+    ];
+    let tool_result = (".{0,4}", result_content, prop::option::of(any::<bool>())).prop_map(
+        |(id, content, is_error)| {
+            json!({"type": "tool_result", "tool_use_id": id, "content": content, "is_error": is_error})
+        },
+    );
+    let thinking = (".{0,8}", any::<bool>(), ".{0,6}").prop_map(|(t, ours, sig)| {
+        let signature = if ours {
+            format!("{CODEX_SIGNATURE_PREFIX}{sig}")
+        } else {
+            sig
+        };
+        json!({"type": "thinking", "thinking": t, "signature": signature})
+    });
+    let user = prop_oneof![
+        4 => text.clone(),
+        1 => image,
+        1 => document,
+        3 => tool_result,
+    ];
+    let assistant = prop_oneof![
+        3 => text,
+        3 => tool_use,
+        1 => thinking,
+        1 => Just(json!({"type": "redacted_thinking", "data": "x"})),
+    ];
+    (
+        prop_oneof![
+            8 => Just("user"),
+            8 => Just("assistant"),
+            1 => Just("system"),
+            1 => Just("x"),
+        ],
+        any::<bool>(),
+        prop::collection::vec((user, assistant, json_value(), 0u8..40), 0..5),
+    )
+        .prop_map(|(role, mixed, blocks)| {
+            // Mostly the blocks a role may carry; sometimes the other role's, or anything.
+            let blocks: Vec<Value> = blocks
+                .into_iter()
+                .map(|(u, a, any, dice)| match (dice, role) {
+                    (0, _) => any,
+                    (1, "user") if mixed => a,
+                    (1, _) if mixed => u,
+                    (_, "assistant") => a,
+                    _ => u,
+                })
+                .collect();
+            json!({"role": role, "content": blocks})
+        })
+}
+
+/// Messages requests shaped enough to get past parsing, so the translation runs deep.
+fn anthropic_request() -> impl Strategy<Value = Value> {
+    let message = prop_oneof![
+        6 => anthropic_message(),
+        1 => ".{0,10}".prop_map(|t| json!({"role": "user", "content": t})),
+    ];
+    let tool = (
+        tool_name(),
+        prop::option::of(prop::sample::select(
+            &["custom", "custom", "custom", "web_search_20250305", "bash_20250124"][..],
+        )),
+        prop::option::of(json_value()),
+    )
+        .prop_map(|(name, ty, schema)| {
+            json!({"name": name, "type": ty, "description": "d", "input_schema": schema})
+        });
+    let tool_choice = prop_oneof![
+        3 => Just(Value::Null),
+        1 => Just(json!({"type": "auto"})),
+        1 => Just(json!({"type": "any", "disable_parallel_tool_use": true})),
+        1 => Just(json!({"type": "none"})),
+        1 => tool_name().prop_map(|n| json!({"type": "tool", "name": n})),
+        1 => json_value(),
+    ];
+    let thinking = prop_oneof![
+        3 => Just(Value::Null),
+        2 => any::<u64>().prop_map(|b| json!({"type": "enabled", "budget_tokens": b})),
+        1 => Just(json!({"type": "disabled"})),
+        1 => Just(json!({"type": "adaptive"})),
+        1 => json_value(),
+    ];
+    let system = prop_oneof![
+        Just(Value::Null),
+        ".{0,10}".prop_map(Value::String),
+        prop::collection::vec(
+            ".{0,6}".prop_map(|t| json!({"type": "text", "text": t})),
+            0..3
+        )
+        .prop_map(Value::Array),
+    ];
+    (
+        prop::collection::vec(message, 0..6),
+        prop::option::of(prop::collection::vec(tool, 0..5)),
+        tool_choice,
+        thinking,
+        system,
+        any::<bool>(),
+        prop::collection::vec(".{0,3}", 0..3),
+    )
+        .prop_map(
+            |(messages, tools, tool_choice, thinking, system, stream, stops)| {
+                json!({
+                    "model": "claude-x", "max_tokens": 100, "messages": messages, "tools": tools,
+                    "tool_choice": tool_choice, "thinking": thinking, "system": system,
+                    "stream": stream, "stop_sequences": stops, "metadata": {"user_id": "u"},
+                })
+            },
+        )
+}
+
+/// Checks the structure of a translated Anthropic stream (see the golden test of the same
+/// name): message_start + ping first unless it failed at once, blocks one at a time with
+/// indices from 0, deltas of their block's kind, and message_stop or error last.
+fn anthropic_stream_shape(frames: &[SseEvent]) -> Result<(), String> {
+    let data: Vec<Value> = frames
+        .iter()
+        .map(|f| f.json().ok_or_else(|| format!("not JSON: {:?}", f.data)))
+        .collect::<Result<_, _>>()?;
+    let Some(last) = data.len().checked_sub(1) else {
+        return Err("no frames".into());
+    };
+    let ty = |d: &Value| d["type"].as_str().unwrap_or_default().to_string();
+    for (f, d) in frames.iter().zip(&data) {
+        if f.event.as_deref() != Some(ty(d).as_str()) {
+            return Err(format!("event name {:?} for {d}", f.event));
+        }
+    }
+    let failed = ty(&data[last]) == "error";
+    if !failed && ty(&data[last]) != "message_stop" {
+        return Err(format!("ends with {}", data[last]));
+    }
+    if !(failed && last == 0) && (ty(&data[0]) != "message_start" || ty(&data[1]) != "ping") {
+        return Err("does not open with message_start and ping".into());
+    }
+    let mut open: Option<(u64, String)> = None;
+    let mut next = 0u64;
+    for (i, d) in data.iter().enumerate() {
+        match ty(d).as_str() {
+            "message_start" if i == 0 => {}
+            "ping" => {}
+            "content_block_start" => {
+                if open.is_some() || d["index"] != next {
+                    return Err(format!("bad start {d} at {i}"));
+                }
+                open = Some((
+                    next,
+                    d["content_block"]["type"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .into(),
+                ));
+                next += 1;
+            }
+            "content_block_delta" => {
+                let Some((index, kind)) = &open else {
+                    return Err(format!("delta outside a block: {d}"));
+                };
+                let delta = d["delta"]["type"].as_str().unwrap_or_default();
+                let ok = match kind.as_str() {
+                    "text" => delta == "text_delta",
+                    "thinking" => delta == "thinking_delta" || delta == "signature_delta",
+                    "tool_use" => delta == "input_json_delta",
+                    _ => false,
+                };
+                if d["index"] != *index || !ok {
+                    return Err(format!("bad delta {d} in {kind} block {index}"));
+                }
+            }
+            "content_block_stop" => match open.take() {
+                Some((index, _)) if d["index"] == index => {}
+                _ => return Err(format!("bad stop {d}")),
+            },
+            "message_delta" if open.is_none() && i + 2 == data.len() => {}
+            "message_stop" | "error" if i == last && open.is_none() => {}
+            _ => return Err(format!("unexpected {d} at {i}")),
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -389,5 +623,98 @@ proptest! {
                 prop_assert!(h.turn_state.is_none());
             }
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn anthropic_parser_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256), body in json_value()) {
+        let _ = parse_messages_request(&bytes);
+        if let Ok(req) = parse_messages_request(body.to_string().as_bytes()) {
+            prop_assert!(count_tokens(&req) >= 1);
+            let _ = messages_to_responses_request(&req, "gpt-5.4", Some("a"));
+        }
+    }
+
+    #[test]
+    fn anthropic_translation_never_panics(body in anthropic_request()) {
+        let Ok(req) = parse_messages_request(body.to_string().as_bytes()) else {
+            return Ok(());
+        };
+        prop_assert!(count_tokens(&req) >= 1);
+        let anchor = claude_anchor("key", req.user_id(), &req.model);
+        prop_assert_eq!(anchor.len(), 36);
+        let Ok(conv) = messages_to_responses_request(&req, "gpt-5.4", Some(&anchor)) else {
+            return Ok(());
+        };
+        let originals: Vec<&str> = req.tools.iter().flatten().map(|t| t.name.as_str()).collect();
+        for tool in conv.body["tools"].as_array().into_iter().flatten() {
+            if let Some(name) = tool["name"].as_str() {
+                prop_assert!(name.len() <= 64, "tool name {name:?} sent upstream");
+                prop_assert!(originals.contains(&conv.tool_names.restore(name)));
+            }
+        }
+        for item in conv.body["input"].as_array().into_iter().flatten() {
+            if let Some(name) = item["name"].as_str() {
+                prop_assert!(name.len() <= 64 || item["type"] != "function_call");
+            }
+            let ty = item["type"].as_str().unwrap_or_default();
+            prop_assert!(["message", "function_call", "function_call_output", "reasoning"].contains(&ty), "{item}");
+        }
+        // What the translation produces is always a body the Codex rules accept as it is.
+        let codex = normalize_codex_request(conv.body.clone(), &CodexRequestOptions::default()).unwrap();
+        prop_assert_eq!(&codex["instructions"], &Value::from(NEUTRAL_INSTRUCTIONS));
+        prop_assert_eq!(&codex["prompt_cache_key"], &Value::from(anchor));
+        let _ = responses_to_messages(&body, &conv.reply_options());
+    }
+
+    #[test]
+    fn anthropic_stream_translator_keeps_its_structure(
+        events in prop::collection::vec(event(), 0..24),
+        thinking: bool,
+        stops in prop::collection::vec(prop::sample::select(&["", "a", "STOP", "{", "\n", "é"][..]), 0..3),
+    ) {
+        let opts = MessagesReplyOptions {
+            id: "msg_x".into(),
+            model: "claude-x".into(),
+            tool_names: poolgate_wire::chat::ToolNameMap::build([LONG_TOOL.repeat(2)]),
+            thinking,
+            stop_sequences: stops.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut t = MessagesStreamTranslator::new(opts.clone());
+        let mut agg = ResponsesAggregator::new(1 << 16);
+        let mut out = Vec::new();
+        for ev in &events {
+            t.push(ev, 0, &mut out);
+            agg.push(ev, 0);
+        }
+        t.finish(&mut out);
+        prop_assert!(t.is_finished());
+        let n = out.len();
+        t.finish(&mut out);
+        prop_assert_eq!(out.len(), n, "finish is idempotent");
+        let bytes: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+        let frames = decode_all(&bytes, 1 << 24).unwrap();
+        if let Err(e) = anthropic_stream_shape(&frames) {
+            prop_assert!(false, "{e}\n{}", String::from_utf8_lossy(&bytes));
+        }
+        if let Ok(resp) = agg.finish() {
+            let m = responses_to_messages(&resp, &opts);
+            prop_assert!(m["content"].is_array() && m["stop_reason"].is_string());
+        }
+    }
+
+    #[test]
+    fn anthropic_error_frames_round_trip(status in any::<u16>(), message in "(?s).{0,40}", code in prop::option::of(".{0,10}"), body in prop::collection::vec(any::<u8>(), 0..64)) {
+        let frame = anthropic_stream_error_frame(status, &message, code.as_deref());
+        let events = decode_all(&frame, 1 << 20).unwrap();
+        prop_assert_eq!(events.len(), 1);
+        prop_assert_eq!(events[0].event.as_deref(), Some("error"));
+        prop_assert_eq!(events[0].json().unwrap(), anthropic_error_body(status, &message, code.as_deref()));
+        let restated = anthropic_error_from_upstream(status, &body);
+        prop_assert_eq!(&restated["type"], &Value::from("error"));
+        prop_assert!(restated["error"]["type"].is_string() && restated["error"]["message"].is_string());
     }
 }

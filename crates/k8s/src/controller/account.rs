@@ -1,23 +1,23 @@
 //! `UpstreamAccount` → one store account, credentials from the referenced Secret.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, ResourceExt};
 use poolgate_core::authjson::parse_document;
 use poolgate_core::snapshot::AccountState;
 use poolgate_core::usage::availability_of;
 use poolgate_core::{
     Account, AccountPatch, AccountSpec, AccountStatus, Availability, AzureConfig, CodexIdentity,
-    Credentials, ManagedBy, Provider, StatusReason, UsageWindow,
+    Credentials, Provider, StatusReason, UsageWindow,
 };
 use poolgate_store::StoreError;
 
-use super::status::{self, Cond, Problem, Reason, reason_of};
-use super::{ACTOR, Context, FINALIZER, obj_key};
+use super::common::{self, ActionResult, Managed, changed, deleted, ours, store_name};
+use super::status::{self, Cond, Problem, Reason, not_stored};
+use super::{ACTOR, Context, obj_key};
 use crate::Error;
 use crate::crd::{
     UpstreamAccount, UpstreamAccountStatus, UsageStatus, UsageWindowStatus, condition,
@@ -26,21 +26,16 @@ use crate::crd::{
 /// Reconciles one `UpstreamAccount`: adds the finalizer, keeps the store account in step with
 /// the spec and the Secret, writes the status; on deletion removes the account from the store.
 pub async fn reconcile(ua: Arc<UpstreamAccount>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = ua.namespace().ok_or(Error::MissingField("namespace"))?;
-    let key = obj_key(ua.as_ref());
-    let api: Api<UpstreamAccount> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, ua, |event| async {
-        match event {
-            Finalizer::Apply(ua) => apply(&api, &ua, &ctx).await,
-            Finalizer::Cleanup(ua) => cleanup(&ua, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    if result.is_ok() {
-        ctx.succeeded(&key);
+    common::reconcile(ua, ctx).await
+}
+
+impl Managed for UpstreamAccount {
+    fn apply(&self, api: &Api<Self>, ctx: &Context) -> impl Future<Output = ActionResult> + Send {
+        apply(api, self, ctx)
     }
-    result
+    fn cleanup(&self, ctx: &Context) -> impl Future<Output = ActionResult> + Send {
+        cleanup(self, ctx)
+    }
 }
 
 /// The store's name for the resource, e.g. `UpstreamAccount pool/main`.
@@ -53,29 +48,9 @@ async fn apply(
     ua: &UpstreamAccount,
     ctx: &Context,
 ) -> Result<Action, Error> {
-    let name = ua.name_any();
-    let old = ua.status.clone().unwrap_or_default();
     let outcome = match sync(ua, ctx).await {
         Ok(outcome) => outcome,
-        Err(e) => {
-            if let Error::Store(se) = &e {
-                // Best effort: say why nothing changes while the store is away.
-                let mut st = old.clone();
-                let ready = Cond::new(
-                    condition::READY,
-                    Some(false),
-                    Reason::StoreError,
-                    format!("poolgate's store failed: {se}; retrying"),
-                );
-                replace_condition(&mut st, ready, ua.metadata.generation);
-                if st != old
-                    && let Err(pe) = status::apply(api, &name, &st).await
-                {
-                    tracing::debug!(error = %pe, "cannot write the StoreError status");
-                }
-            }
-            return Err(e);
-        }
+        Err(e) => return Err(common::failed(api, ua, e).await),
     };
     let (state, problem) = match outcome {
         Ok(account) => (load_state(ctx, &account.id).await?, None),
@@ -93,20 +68,7 @@ async fn apply(
         problem.as_ref(),
         poolgate_store::now_ms(),
     );
-    if Some(&new) != ua.status.as_ref() {
-        status::apply(api, &name, &new).await?;
-    }
-    match problem {
-        Some(p) => {
-            if reason_of(&old.conditions, condition::READY) != Some(p.reason.as_str()) {
-                tracing::info!(object = %obj_key(ua), reason = %p.reason, message = %p.message, "not reconciled");
-                ctx.event(ua, EventType::Warning, p.reason.as_str(), p.message)
-                    .await;
-            }
-            Ok(Action::requeue(ctx.config.invalid_retry))
-        }
-        None => Ok(Action::requeue(ctx.config.refresh_interval)),
-    }
+    common::conclude(api, ua, ctx, new, problem).await
 }
 
 async fn load_state(ctx: &Context, id: &str) -> Result<Option<AccountState>, Error> {
@@ -146,52 +108,31 @@ async fn find_account(
     ua: &UpstreamAccount,
     mref: &str,
 ) -> Result<Option<Account>, Error> {
-    if let Some(id) = ua.status.as_ref().and_then(|s| s.account_id.as_deref()) {
-        match ctx.store.get_account(id).await {
-            Ok(a)
-                if a.managed_by == ManagedBy::Kubernetes
-                    && a.managed_ref.as_deref() == Some(mref) =>
-            {
-                return Ok(Some(a));
-            }
-            Ok(_) | Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+    if let Some(id) = ua.status.as_ref().and_then(|s| s.account_id.as_deref())
+        && let Some(a) = ours(ctx.store.get_account(id).await, mref)?
+    {
+        return Ok(Some(a));
     }
     Ok(ctx.store.find_managed_account(mref).await?)
 }
 
-/// Core's field names, as the resource spells them.
-fn spec_field(field: &str) -> String {
-    match field {
-        "name" => "metadata.name".into(),
-        "max_inflight" => "spec.maxInFlight".into(),
-        "proxy_url" => "spec.proxyUrl".into(),
-        "model_filter" => "spec.models".into(),
-        "base_url" => "spec.baseUrl".into(),
-        "azure.api_version" => "spec.azure.apiVersion".into(),
-        other => format!("spec.{other}"),
-    }
-}
+/// Core's field names the resource spells differently.
+const SPEC_FIELDS: &[(&str, &str)] = &[
+    ("max_inflight", "maxInFlight"),
+    ("proxy_url", "proxyUrl"),
+    ("model_filter", "models"),
+    ("base_url", "baseUrl"),
+    ("azure.api_version", "azure.apiVersion"),
+];
 
 fn invalid_spec(e: &poolgate_core::Error) -> Problem {
-    let message = match e {
-        poolgate_core::Error::Invalid { field, reason } => {
-            format!("{}: {reason}", spec_field(field))
-        }
-        other => other.to_string(),
-    };
-    Problem::new(Reason::InvalidSpec, message)
+    status::invalid_spec(e, SPEC_FIELDS)
 }
 
 fn desired_spec(ua: &UpstreamAccount) -> Result<AccountSpec, Problem> {
     let s = &ua.spec;
     let provider: Provider = s.provider.parse().map_err(|e| invalid_spec(&e))?;
-    // Account names hold at most 128 characters; resource names may be longer.
-    let mut spec = AccountSpec::new(
-        provider,
-        ua.name_any().chars().take(128).collect::<String>(),
-    );
+    let mut spec = AccountSpec::new(provider, store_name(ua));
     spec.group = s.group.clone().unwrap_or_default();
     spec.tags = s.tags.clone();
     spec.priority = s.priority.unwrap_or(0);
@@ -328,9 +269,8 @@ async fn create(
     {
         Ok(account) => {
             tracing::info!(object = %mref, account = %account.id, "created account in the store");
-            ctx.event(
+            ctx.normal(
                 ua,
-                EventType::Normal,
                 "Created",
                 format!("created account {} in poolgate's store", account.id),
             )
@@ -398,9 +338,8 @@ async fn update(
             patch.status = Some((AccountStatus::Active, None));
         }
         tracing::info!(object = %obj_key(ua), account = %account.id, "credentials rotated from the Secret");
-        ctx.event(
+        ctx.normal(
             ua,
-            EventType::Normal,
             "CredentialsRotated",
             format!(
                 "new credentials from Secret {} reached account {}",
@@ -415,9 +354,8 @@ async fn update(
     match ctx.store.update_account(&account.id, &patch, ACTOR).await {
         Ok(updated) => {
             if spec_changed {
-                ctx.event(
+                ctx.normal(
                     ua,
-                    EventType::Normal,
                     "Updated",
                     format!("applied the spec to account {}", updated.id),
                 )
@@ -431,21 +369,18 @@ async fn update(
 
 /// The fields of `want` that differ from `have`.
 fn spec_patch(have: &AccountSpec, want: &AccountSpec) -> AccountPatch {
-    fn diff<T: PartialEq + Clone>(have: &T, want: &T) -> Option<T> {
-        (have != want).then(|| want.clone())
-    }
     AccountPatch {
-        name: diff(&have.name, &want.name),
-        group: diff(&have.group, &want.group),
-        tags: diff(&have.tags, &want.tags),
-        priority: diff(&have.priority, &want.priority),
-        note: diff(&have.note, &want.note),
-        enabled: diff(&have.enabled, &want.enabled),
-        max_inflight: diff(&have.max_inflight, &want.max_inflight),
-        proxy_url: diff(&have.proxy_url, &want.proxy_url),
-        model_filter: diff(&have.model_filter, &want.model_filter),
-        base_url: diff(&have.base_url, &want.base_url),
-        azure: diff(&have.azure, &want.azure),
+        name: changed(&have.name, &want.name),
+        group: changed(&have.group, &want.group),
+        tags: changed(&have.tags, &want.tags),
+        priority: changed(&have.priority, &want.priority),
+        note: changed(&have.note, &want.note),
+        enabled: changed(&have.enabled, &want.enabled),
+        max_inflight: changed(&have.max_inflight, &want.max_inflight),
+        proxy_url: changed(&have.proxy_url, &want.proxy_url),
+        model_filter: changed(&have.model_filter, &want.model_filter),
+        base_url: changed(&have.base_url, &want.base_url),
+        azure: changed(&have.azure, &want.azure),
         status: None,
     }
 }
@@ -470,15 +405,6 @@ fn needs_write(stored: Option<&Credentials>, from_secret: &Credentials) -> bool 
         }
         (Some(have), want) => have != want,
     }
-}
-
-/// Replaces (or adds) one condition, keeping its transition time when the status is the same.
-fn replace_condition(st: &mut UpstreamAccountStatus, c: Cond, generation: Option<i64>) {
-    let now = status::now_rfc3339();
-    let type_ = c.type_;
-    let settled = status::settle(&st.conditions, vec![c], generation, &now);
-    st.conditions.retain(|o| o.type_ != type_);
-    st.conditions.extend(settled);
 }
 
 fn window(w: &UsageWindow) -> Option<UsageWindowStatus> {
@@ -581,30 +507,14 @@ fn build_status(
         ua.namespace().unwrap_or_default(),
         ua.spec.credentials_secret_ref.name
     );
-    let ready = match (problem, state) {
-        (Some(p), Some(s)) => Cond::new(
-            condition::READY,
-            Some(false),
-            p.reason,
-            format!(
-                "{} (account {} keeps its last applied settings and credentials)",
-                p.message, s.account.id
-            ),
-        ),
-        (Some(p), None) => Cond::new(condition::READY, Some(false), p.reason, p.message.clone()),
-        (None, Some(s)) => Cond::new(
-            condition::READY,
-            Some(true),
-            Reason::Reconciled,
-            format!("account {} matches this resource", s.account.id),
-        ),
-        (None, None) => Cond::new(
-            condition::READY,
-            Some(false),
-            Reason::NotReconciled,
-            "the account is not in the store yet".into(),
-        ),
-    };
+    let stored = state.map(|s| {
+        let id = &s.account.id;
+        (
+            format!("account {id} keeps its last applied settings and credentials"),
+            format!("account {id} matches this resource"),
+        )
+    });
+    let ready = status::ready(problem, stored, "account");
     let auth = match (problem, state) {
         (Some(p), _) if p.reason.is_credential_problem() => Cond::new(
             condition::AUTH_VALID,
@@ -634,21 +544,11 @@ fn build_status(
                 format!("credentials from {secret}"),
             ),
         },
-        (_, None) => Cond::new(
-            condition::AUTH_VALID,
-            None,
-            Reason::NotReconciled,
-            "the account is not in the store yet".into(),
-        ),
+        (_, None) => not_stored(condition::AUTH_VALID, None, "account"),
     };
     let available = match state {
         Some(s) => available_condition(s, now_ms),
-        None => Cond::new(
-            condition::AVAILABLE,
-            Some(false),
-            Reason::NotReconciled,
-            "the account is not in the store yet".into(),
-        ),
+        None => not_stored(condition::AVAILABLE, Some(false), "account"),
     };
     let conditions = status::settle(
         &old.conditions,
@@ -677,14 +577,10 @@ fn build_status(
 async fn cleanup(ua: &UpstreamAccount, ctx: &Context) -> Result<Action, Error> {
     let mref = managed_ref(ua);
     if let Some(account) = find_account(ctx, ua, &mref).await? {
-        match ctx.store.delete_account(&account.id, ACTOR).await {
-            Ok(()) | Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        deleted(ctx.store.delete_account(&account.id, ACTOR).await)?;
         tracing::info!(object = %mref, account = %account.id, "removed account from the store");
-        ctx.event(
+        ctx.normal(
             ua,
-            EventType::Normal,
             "Deleted",
             format!("removed account {} from poolgate's store", account.id),
         )
@@ -723,6 +619,10 @@ mod tests {
         let key = |k: &str| Credentials::ApiKey { key: Plain::new(k) };
         assert!(!needs_write(Some(&key("sk-1")), &key("sk-1")));
         assert!(needs_write(Some(&key("sk-1")), &key("sk-2")));
+    }
+
+    fn spec_field(field: &str) -> String {
+        status::spec_field(field, SPEC_FIELDS)
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! hash: a restart never generates a second key, and no stored hash lacks its plaintext.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use k8s_openapi::ByteString;
@@ -12,15 +13,14 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Api, Resource, ResourceExt};
 use poolgate_core::key::{PLATFORM_KEY_PREFIX, format_secret, hash_secret, visible_prefix};
 use poolgate_core::{KeyPatch, KeySpec, KeyStatus, ManagedBy, PlatformKey as StoredKey};
 use poolgate_store::StoreError;
 
-use super::status::{self, Cond, Problem, Reason, reason_of};
-use super::{ACTOR, Context, FIELD_MANAGER, FINALIZER, PLATFORM_KEY_SECRET_LABEL, obj_key};
+use super::common::{self, ActionResult, Managed, changed, deleted, ours, store_name};
+use super::status::{self, Cond, Problem, Reason, not_stored};
+use super::{ACTOR, Context, FIELD_MANAGER, PLATFORM_KEY_SECRET_LABEL, obj_key};
 use crate::Error;
 use crate::crd::{DEFAULT_API_KEY_KEY, PlatformKey, PlatformKeyStatus, condition};
 
@@ -28,21 +28,16 @@ use crate::crd::{DEFAULT_API_KEY_KEY, PlatformKey, PlatformKeyStatus, condition}
 /// store holds that key's hash with the spec's policy, writes the status; on deletion revokes
 /// the key (the Secret goes with the resource through its owner reference).
 pub async fn reconcile(pk: Arc<PlatformKey>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = pk.namespace().ok_or(Error::MissingField("namespace"))?;
-    let key = obj_key(pk.as_ref());
-    let api: Api<PlatformKey> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, pk, |event| async {
-        match event {
-            Finalizer::Apply(pk) => apply(&api, &pk, &ctx).await,
-            Finalizer::Cleanup(pk) => cleanup(&pk, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    if result.is_ok() {
-        ctx.succeeded(&key);
+    common::reconcile(pk, ctx).await
+}
+
+impl Managed for PlatformKey {
+    fn apply(&self, api: &Api<Self>, ctx: &Context) -> impl Future<Output = ActionResult> + Send {
+        apply(api, self, ctx)
     }
-    result
+    fn cleanup(&self, ctx: &Context) -> impl Future<Output = ActionResult> + Send {
+        cleanup(self, ctx)
+    }
 }
 
 /// Whether `text` is a key as poolgate generates them: `pgk_` and 43 URL-safe base64
@@ -72,25 +67,16 @@ fn owned_by(secret: &Secret, uid: &str) -> bool {
         .any(|o| o.uid == uid)
 }
 
-fn spec_field(field: &str) -> String {
-    match field {
-        "name" => "metadata.name".into(),
-        "allowed_models" => "spec.allowedModels".into(),
-        "model_override" => "spec.modelOverride".into(),
-        "reasoning_effort" => "spec.reasoningEffort".into(),
-        "account_groups" => "spec.accountGroups".into(),
-        other => format!("spec.{other}"),
-    }
-}
+/// Core's field names the resource spells differently.
+const SPEC_FIELDS: &[(&str, &str)] = &[
+    ("allowed_models", "allowedModels"),
+    ("model_override", "modelOverride"),
+    ("reasoning_effort", "reasoningEffort"),
+    ("account_groups", "accountGroups"),
+];
 
 fn invalid_spec(e: &poolgate_core::Error) -> Problem {
-    let message = match e {
-        poolgate_core::Error::Invalid { field, reason } => {
-            format!("{}: {reason}", spec_field(field))
-        }
-        other => other.to_string(),
-    };
-    Problem::new(Reason::InvalidSpec, message)
+    status::invalid_spec(e, SPEC_FIELDS)
 }
 
 fn desired_spec(pk: &PlatformKey) -> Result<(KeySpec, KeyStatus), Problem> {
@@ -115,7 +101,7 @@ fn desired_spec(pk: &PlatformKey) -> Result<(KeySpec, KeyStatus), Problem> {
         .transpose()
         .map_err(|e| invalid_spec(&e))?;
     let spec = KeySpec {
-        name: pk.name_any().chars().take(128).collect(),
+        name: store_name(pk),
         expires_at_ms,
         allowed_models: s.allowed_models.clone(),
         model_override: s.model_override.clone(),
@@ -147,35 +133,11 @@ fn valid_secret_name(name: &str) -> bool {
 }
 
 async fn apply(api: &Api<PlatformKey>, pk: &PlatformKey, ctx: &Context) -> Result<Action, Error> {
-    let name = pk.name_any();
-    let old = pk.status.clone().unwrap_or_default();
-    let secret_name = pk.spec.secret_name_for(&name);
+    let secret_name = pk.spec.secret_name_for(&pk.name_any());
     let (key, problem) = match sync(pk, ctx, &secret_name).await {
         Ok(Ok(key)) => (Some(key), None),
         Ok(Err((problem, existing))) => (existing, Some(problem)),
-        Err(e) => {
-            if let Error::Store(se) = &e {
-                // Best effort: say why nothing changes while the store is away.
-                let mut st = old.clone();
-                let ready = Cond::new(
-                    condition::READY,
-                    Some(false),
-                    Reason::StoreError,
-                    format!("poolgate's store failed: {se}; retrying"),
-                );
-                let now = status::now_rfc3339();
-                let settled =
-                    status::settle(&st.conditions, vec![ready], pk.metadata.generation, &now);
-                st.conditions.retain(|c| c.type_ != condition::READY);
-                st.conditions.extend(settled);
-                if st != old
-                    && let Err(pe) = status::apply(api, &name, &st).await
-                {
-                    tracing::debug!(error = %pe, "cannot write the StoreError status");
-                }
-            }
-            return Err(e);
-        }
+        Err(e) => return Err(common::failed(api, pk, e).await),
     };
     let new = build_status(
         pk,
@@ -184,36 +146,16 @@ async fn apply(api: &Api<PlatformKey>, pk: &PlatformKey, ctx: &Context) -> Resul
         &secret_name,
         poolgate_store::now_ms(),
     );
-    if Some(&new) != pk.status.as_ref() {
-        status::apply(api, &name, &new).await?;
-    }
-    match problem {
-        Some(p) => {
-            if reason_of(&old.conditions, condition::READY) != Some(p.reason.as_str()) {
-                tracing::info!(object = %obj_key(pk), reason = %p.reason, message = %p.message, "not reconciled");
-                ctx.event(pk, EventType::Warning, p.reason.as_str(), p.message)
-                    .await;
-            }
-            Ok(Action::requeue(ctx.config.invalid_retry))
-        }
-        None => Ok(Action::requeue(ctx.config.refresh_interval)),
-    }
+    common::conclude(api, pk, ctx, new, problem).await
 }
 
 /// The key this resource owns: the one its status names (checked to really be ours), or the
 /// one the store lists under its reference.
 async fn find_key(ctx: &Context, pk: &PlatformKey, mref: &str) -> Result<Option<StoredKey>, Error> {
-    if let Some(id) = pk.status.as_ref().and_then(|s| s.key_id.as_deref()) {
-        match ctx.store.get_key(id).await {
-            Ok(k)
-                if k.managed_by == ManagedBy::Kubernetes
-                    && k.managed_ref.as_deref() == Some(mref) =>
-            {
-                return Ok(Some(k));
-            }
-            Ok(_) | Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+    if let Some(id) = pk.status.as_ref().and_then(|s| s.key_id.as_deref())
+        && let Some(k) = ours(ctx.store.get_key(id).await, mref)?
+    {
+        return Ok(Some(k));
     }
     Ok(ctx.store.find_managed_key(mref).await?)
 }
@@ -266,24 +208,19 @@ async fn sync(pk: &PlatformKey, ctx: &Context, secret_name: &str) -> Result<Sync
             .map(str::to_string),
         None => None,
     };
-    let plaintext = match in_secret {
-        Some(p) => p,
-        None => {
-            let p = generate_key()?;
-            write_secret(&secrets, pk, secret_name, current, &p).await?;
-            tracing::info!(object = %mref, secret = %secret_name, "generated a platform key");
-            ctx.event(
-                pk,
-                EventType::Normal,
-                "KeyGenerated",
-                format!(
+    let plaintext =
+        match in_secret {
+            Some(p) => p,
+            None => {
+                let p = generate_key()?;
+                write_secret(&secrets, pk, secret_name, current, &p).await?;
+                tracing::info!(object = %mref, secret = %secret_name, "generated a platform key");
+                ctx.normal(pk, "KeyGenerated", format!(
                     "wrote a new platform key to Secret {secret_name} (key {DEFAULT_API_KEY_KEY:?})"
-                ),
-            )
-            .await;
-            p
-        }
-    };
+                )).await;
+                p
+            }
+        };
     let hash = hash_secret(&plaintext);
     let wanted = StoredKey {
         id: String::new(),
@@ -302,10 +239,7 @@ async fn sync(pk: &PlatformKey, ctx: &Context, secret_name: &str) -> Result<Sync
         Some(k) => {
             // The Secret holds another key than the stored one (it was deleted or edited):
             // revoke the old key first, so no two stored keys ever share a reference.
-            match ctx.store.delete_key(&k.id, ACTOR).await {
-                Ok(()) | Err(StoreError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            deleted(ctx.store.delete_key(&k.id, ACTOR).await)?;
             create(ctx, pk, wanted, secret_name, Some(&k.id)).await
         }
     }
@@ -402,7 +336,7 @@ async fn create(
                 "Created"
             };
             tracing::info!(object = %obj_key(pk), key = %key.id, "{note}");
-            ctx.event(pk, EventType::Normal, reason, note).await;
+            ctx.normal(pk, reason, note).await;
             Ok(Ok(key))
         }
         Err(e) => Ok(Err((rejected(e, secret_name)?, None))),
@@ -415,31 +349,23 @@ async fn update(
     have: StoredKey,
     want: StoredKey,
 ) -> Result<Synced, Error> {
-    fn diff<T: PartialEq + Clone>(have: &T, want: &T) -> Option<T> {
-        (have != want).then(|| want.clone())
-    }
     let (h, w) = (&have.spec, &want.spec);
     let patch = KeyPatch {
-        name: diff(&h.name, &w.name),
-        expires_at_ms: diff(&h.expires_at_ms, &w.expires_at_ms),
-        allowed_models: diff(&h.allowed_models, &w.allowed_models),
-        model_override: diff(&h.model_override, &w.model_override),
-        reasoning_effort: diff(&h.reasoning_effort, &w.reasoning_effort),
-        account_groups: diff(&h.account_groups, &w.account_groups),
-        status: diff(&have.status, &want.status),
+        name: changed(&h.name, &w.name),
+        expires_at_ms: changed(&h.expires_at_ms, &w.expires_at_ms),
+        allowed_models: changed(&h.allowed_models, &w.allowed_models),
+        model_override: changed(&h.model_override, &w.model_override),
+        reasoning_effort: changed(&h.reasoning_effort, &w.reasoning_effort),
+        account_groups: changed(&h.account_groups, &w.account_groups),
+        status: changed(&have.status, &want.status),
     };
     if patch.is_empty() {
         return Ok(Ok(have));
     }
     match ctx.store.update_key(&have.id, &patch, ACTOR).await {
         Ok(key) => {
-            ctx.event(
-                pk,
-                EventType::Normal,
-                "Updated",
-                format!("applied the spec to key {}", key.id),
-            )
-            .await;
+            ctx.normal(pk, "Updated", format!("applied the spec to key {}", key.id))
+                .await;
             Ok(Ok(key))
         }
         Err(StoreError::Invalid(e)) => Ok(Err((invalid_spec(&e), Some(have)))),
@@ -456,40 +382,18 @@ fn build_status(
 ) -> PlatformKeyStatus {
     let old = pk.status.clone().unwrap_or_default();
     let generation = pk.metadata.generation;
-    let ready = match (problem, key) {
-        (Some(p), Some(k)) => Cond::new(
-            condition::READY,
-            Some(false),
-            p.reason,
+    let stored = key.map(|k| {
+        let id = &k.id;
+        (
+            format!("key {id} keeps its last applied settings"),
             format!(
-                "{} (key {} keeps its last applied settings)",
-                p.message, k.id
+                "key {id} is stored; its plaintext is in Secret {secret_name} under {DEFAULT_API_KEY_KEY:?}"
             ),
-        ),
-        (Some(p), None) => Cond::new(condition::READY, Some(false), p.reason, p.message.clone()),
-        (None, Some(k)) => Cond::new(
-            condition::READY,
-            Some(true),
-            Reason::Reconciled,
-            format!(
-                "key {} is stored; its plaintext is in Secret {secret_name} under {DEFAULT_API_KEY_KEY:?}",
-                k.id
-            ),
-        ),
-        (None, None) => Cond::new(
-            condition::READY,
-            Some(false),
-            Reason::NotReconciled,
-            "the key is not in the store yet".into(),
-        ),
-    };
+        )
+    });
+    let ready = status::ready(problem, stored, "key");
     let available = match key {
-        None => Cond::new(
-            condition::AVAILABLE,
-            Some(false),
-            Reason::NotReconciled,
-            "the key is not in the store yet".into(),
-        ),
+        None => not_stored(condition::AVAILABLE, Some(false), "key"),
         Some(k) if k.status == KeyStatus::Disabled => Cond::new(
             condition::AVAILABLE,
             Some(false),
@@ -532,14 +436,10 @@ fn build_status(
 async fn cleanup(pk: &PlatformKey, ctx: &Context) -> Result<Action, Error> {
     let mref = obj_key(pk);
     if let Some(key) = find_key(ctx, pk, &mref).await? {
-        match ctx.store.delete_key(&key.id, ACTOR).await {
-            Ok(()) | Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
+        deleted(ctx.store.delete_key(&key.id, ACTOR).await)?;
         tracing::info!(object = %mref, key = %key.id, "revoked platform key");
-        ctx.event(
+        ctx.normal(
             pk,
-            EventType::Normal,
             "Revoked",
             format!("revoked key {} (deleted from poolgate's store)", key.id),
         )

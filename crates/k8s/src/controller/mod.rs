@@ -16,6 +16,7 @@
 //!   cooldown in its status.
 
 mod account;
+mod common;
 mod key;
 mod status;
 
@@ -137,6 +138,14 @@ impl Context {
                 "cannot publish a Kubernetes event"
             );
         }
+    }
+
+    /// A Normal event: something the controller did.
+    pub(crate) async fn normal<K>(&self, obj: &K, reason: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        self.event(obj, EventType::Normal, reason, note).await;
     }
 
     fn lock_failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {

@@ -181,6 +181,72 @@ pub(crate) fn settle(
         .collect()
 }
 
+/// Replaces (or adds) one condition, keeping its transition time when the status is the same.
+pub(crate) fn replace_condition(conditions: &mut Vec<Condition>, c: Cond, generation: Option<i64>) {
+    let type_ = c.type_;
+    let settled = settle(conditions, vec![c], generation, &now_rfc3339());
+    conditions.retain(|o| o.type_ != type_);
+    conditions.extend(settled);
+}
+
+/// A condition while the resource has no row in the store yet (`what`: `account`, `key`).
+pub(crate) fn not_stored(type_: &'static str, status: Option<bool>, what: &str) -> Cond {
+    Cond::new(
+        type_,
+        status,
+        Reason::NotReconciled,
+        format!("the {what} is not in the store yet"),
+    )
+}
+
+/// `Ready` from the problem that stopped the reconcile, if any, and the resource's row in the
+/// store, if any: `stored` is what to say of the row while a problem stands (what it keeps)
+/// and once it is reconciled.
+pub(crate) fn ready(
+    problem: Option<&Problem>,
+    stored: Option<(String, String)>,
+    what: &str,
+) -> Cond {
+    use crate::crd::condition::READY;
+    match (problem, stored) {
+        (Some(p), Some((kept, _))) => Cond::new(
+            READY,
+            Some(false),
+            p.reason,
+            format!("{} ({kept})", p.message),
+        ),
+        (Some(p), None) => Cond::new(READY, Some(false), p.reason, p.message.clone()),
+        (None, Some((_, reconciled))) => {
+            Cond::new(READY, Some(true), Reason::Reconciled, reconciled)
+        }
+        (None, None) => not_stored(READY, Some(false), what),
+    }
+}
+
+/// Core's field `field` as the resource spells it; `renamed` lists the core names the spec
+/// spells differently.
+pub(crate) fn spec_field(field: &str, renamed: &[(&str, &str)]) -> String {
+    if field == "name" {
+        return "metadata.name".into();
+    }
+    let field = renamed
+        .iter()
+        .find(|(core, _)| *core == field)
+        .map_or(field, |(_, spec)| spec);
+    format!("spec.{field}")
+}
+
+/// A spec core refuses, with the field named as the resource spells it.
+pub(crate) fn invalid_spec(e: &poolgate_core::Error, renamed: &[(&str, &str)]) -> Problem {
+    let message = match e {
+        poolgate_core::Error::Invalid { field, reason } => {
+            format!("{}: {reason}", spec_field(field, renamed))
+        }
+        other => other.to_string(),
+    };
+    Problem::new(Reason::InvalidSpec, message)
+}
+
 /// The reason of condition `type_`, if set.
 pub(crate) fn reason_of<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str> {
     conditions

@@ -11,11 +11,13 @@ use std::time::Duration;
 use http::{Request, Response};
 use kube::Client;
 use kube::client::Body;
+use poolgate_k8s::controller::{Config, Context};
 use poolgate_store::{Cipher, SqliteStore, Store};
 use serde_json::{Value, json};
 use tower_test::mock::{self, Handle, SendResponse};
 
 pub const NS: &str = "pool";
+pub const SECRETS: &str = "/api/v1/namespaces/pool/secrets";
 
 /// How long a test waits for the controller's next request before failing.
 const WAIT: Duration = Duration::from_secs(10);
@@ -167,6 +169,24 @@ impl ApiServer {
         call
     }
 
+    /// The next request, asserted to read Secret `name`.
+    pub async fn expect_secret(&mut self, name: &str) -> Call {
+        self.expect("GET", &format!("{SECRETS}/{name}")).await
+    }
+
+    /// The next request must read Secret `name`; answered with
+    /// `secret(name, data, owner_uid)`.
+    pub async fn serve_secret(
+        &mut self,
+        name: &str,
+        data: &[(&str, &str)],
+        owner_uid: Option<&str>,
+    ) {
+        self.expect_secret(name)
+            .await
+            .ok(&secret(name, data, owner_uid));
+    }
+
     /// The next request must be an Event about `name` with this reason and type; answered.
     /// A repeat of an event the recorder already sent is a PATCH of that event (a series).
     pub async fn expect_event(&mut self, name: &str, type_: &str, reason: &str) -> Value {
@@ -209,6 +229,14 @@ impl TestStore {
         conn.execute_batch("PRAGMA foreign_keys = OFF; DROP TABLE accounts;")
             .unwrap();
     }
+}
+
+/// A reconcile fixture: a SQLite store, a mock API server and a controller context on both.
+pub fn setup() -> (TestStore, ApiServer, Arc<Context>) {
+    let store = sqlite_store();
+    let (client, api) = mock_client();
+    let ctx = Arc::new(Context::new(client, store.store.clone(), Config::default()));
+    (store, api, ctx)
 }
 
 pub fn sqlite_store() -> TestStore {
@@ -264,4 +292,23 @@ pub fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
         .iter()
         .find(|c| c["type"] == type_)
         .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+/// Asserts the status (`True`, `False`, `Unknown`) and reason of condition `type_`; returns it.
+pub fn assert_condition<'a>(status: &'a Value, type_: &str, want: &str, reason: &str) -> &'a Value {
+    let c = condition(status, type_);
+    assert_eq!(
+        (&c["status"], &c["reason"]),
+        (&json!(want), &json!(reason)),
+        "{type_} condition"
+    );
+    c
+}
+
+/// Asserts that a condition's message starts with `prefix`.
+pub fn assert_message_starts(cond: &Value, prefix: &str) {
+    assert!(
+        cond["message"].as_str().unwrap().starts_with(prefix),
+        "{cond}"
+    );
 }

@@ -10,6 +10,10 @@
 //! - `POST /__mock/pacing` `{"token", "pacing": {"deltas"?, "delta_delay_ms"?}}`
 //! - `POST /__mock/tokens` `{"email", "account_id"}` → a fresh token set (see
 //!   [`MockUpstream::issue_tokens`](super::MockUpstream::issue_tokens))
+//! - `POST /__mock/login-identity` `{"email", "account_id"}` (or `null`) → who the next
+//!   logins are
+//! - `POST /__mock/device` `{interval_secs?, approve_after_polls?, slow_down_polls?,
+//!   expire_after_polls?}`; `POST /__mock/device/approve|deny` `{"user_code"}` (404: none)
 
 use std::sync::Arc;
 
@@ -52,6 +56,11 @@ struct PacingReq {
 struct TokensReq {
     email: String,
     account_id: String,
+}
+
+#[derive(Deserialize)]
+struct UserCodeReq {
+    user_code: String,
 }
 
 fn bad(msg: &str) -> Response<MockBody> {
@@ -118,6 +127,30 @@ pub(crate) fn handle(cx: &Cx, rest: &str) -> Response<MockBody> {
             let issued = issue(&cx.inner, id, DEFAULT_CLIENT_ID);
             json_value(StatusCode::OK, &json!(issued))
         }),
+        (&Method::POST, "login-identity") => parse::<Option<TokensReq>>(cx).map(|t| {
+            super::login::set_identity(
+                &cx.inner,
+                t.map(|t| Identity::new(&t.email, &t.account_id)),
+            );
+            empty(StatusCode::NO_CONTENT)
+        }),
+        (&Method::POST, "device") => parse::<super::login::MockDeviceLogin>(cx).map(|d| {
+            super::login::set_device(&cx.inner, d);
+            empty(StatusCode::NO_CONTENT)
+        }),
+        (&Method::POST, "device/approve" | "device/deny") => {
+            parse::<UserCodeReq>(cx).and_then(|u| {
+                let approve = rest == "device/approve";
+                if super::login::decide_device(&cx.inner, &u.user_code, approve) {
+                    Ok(empty(StatusCode::NO_CONTENT))
+                } else {
+                    Err(Box::new(json_value(
+                        StatusCode::NOT_FOUND,
+                        &json!({"error": "no pending device login with this user_code"}),
+                    )))
+                }
+            })
+        }
         _ => Err(Box::new(json_value(
             StatusCode::NOT_FOUND,
             &json!({"error": format!("unknown control endpoint {} /__mock/{rest}", cx.method)}),

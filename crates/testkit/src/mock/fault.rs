@@ -55,6 +55,11 @@ pub enum Fault {
     },
     /// 403 Cloudflare challenge page (`cf-mitigated: challenge`, HTML body).
     Challenge,
+    /// 403 `unsupported_country_region_territory`: the issuer or backend refuses the
+    /// caller's region.
+    RegionBlocked,
+    /// 401 `refresh_token_expired` on the OAuth endpoint (`token_expired` elsewhere).
+    RefreshTokenExpired,
 }
 
 impl Fault {
@@ -187,6 +192,23 @@ pub(crate) fn http_answer(
             );
             r
         }
+        Fault::RegionBlocked => openai_error(
+            StatusCode::FORBIDDEN,
+            "Country, region, or territory not supported",
+            "unsupported_country_region_territory",
+        ),
+        Fault::RefreshTokenExpired => match surface {
+            Surface::Api => openai_error(
+                StatusCode::UNAUTHORIZED,
+                "Provided authentication token is expired. Please try signing in again.",
+                "token_expired",
+            ),
+            Surface::OAuth => openai_error(
+                StatusCode::UNAUTHORIZED,
+                "Your refresh token has expired. Please try signing in again.",
+                "refresh_token_expired",
+            ),
+        },
         Fault::SlowFirstByte { .. }
         | Fault::StallMidStream { .. }
         | Fault::DropConnection { .. }

@@ -17,6 +17,7 @@
 //! | `GET /backend-api/codex/models` | `{"models":[…]}` |
 //! | `GET /backend-api/wham/usage`, `GET /api/codex/usage` | usage windows per token |
 //! | `POST /oauth/token` | `refresh_token` (rotating, single use) and `authorization_code` |
+//! | `GET /oauth/authorize`, `POST /api/accounts/deviceauth/{usercode,token}` | logins, see `login.rs` |
 //! | `POST /v1/chat/completions`, `POST /v1/responses`, `GET /v1/models` | OpenAI API |
 //! | `/__mock/…` | control API, see [`control`] |
 //!
@@ -27,6 +28,7 @@ mod body;
 mod codex;
 pub mod control;
 mod fault;
+mod login;
 mod oauth;
 mod openai;
 mod responses;
@@ -45,6 +47,7 @@ use tokio::task::JoinHandle;
 
 pub use codex::CODEX_MODELS_LIST;
 pub use fault::{Fault, FaultRule};
+pub use login::MockDeviceLogin;
 pub use oauth::{DEFAULT_CLIENT_ID, Identity, IssuedTokens};
 pub use openai::OPENAI_MODELS_LIST;
 pub use state::{Pacing, RecordedRequest};
@@ -221,6 +224,27 @@ impl MockUpstream {
             Arc::new(Identity::new(email, account_id)),
             DEFAULT_CLIENT_ID,
         )
+    }
+
+    /// Who the next logins (authorize page, device approvals) are; `None` derives a new
+    /// identity per code.
+    pub fn set_login_identity(&self, identity: Option<Identity>) {
+        login::set_identity(&self.inner, identity);
+    }
+
+    /// How device logins started from now on behave.
+    pub fn set_device_login(&self, settings: MockDeviceLogin) {
+        login::set_device(&self.inner, settings);
+    }
+
+    /// Approves the pending device login with this user code (false: there is none).
+    pub fn approve_device(&self, user_code: &str) -> bool {
+        login::decide_device(&self.inner, user_code, true)
+    }
+
+    /// Declines the pending device login with this user code (false: there is none).
+    pub fn deny_device(&self, user_code: &str) -> bool {
+        login::decide_device(&self.inner, user_code, false)
     }
 
     /// Stops accepting, closes every connection and waits for the accept loop to end.

@@ -42,7 +42,7 @@ impl Identity {
     }
 
     /// A stable identity for a refresh token or code the mock never issued.
-    fn derived(seed: &str) -> Self {
+    pub(crate) fn derived(seed: &str) -> Self {
         let a = fnv64(seed.as_bytes());
         let b = fnv64(format!("{seed}#").as_bytes());
         let account_id = format!(
@@ -77,6 +77,8 @@ struct RefreshEntry {
 pub(crate) struct OAuthState {
     refresh: HashMap<String, RefreshEntry>,
     codes: HashSet<String>,
+    /// Codes from the authorize page and device logins (see `login.rs`).
+    pub(crate) login: super::login::LoginState,
 }
 
 impl OAuthState {
@@ -248,15 +250,22 @@ pub(crate) async fn token(cx: &Cx) -> Result<Response<MockBody>, Aborted> {
                 }
                 g.oauth.codes.insert(code.to_string())
             };
-            if fresh {
-                let id = Arc::new(Identity::derived(code));
-                tokens_response(&issue(&cx.inner, id, &client_id))
-            } else {
+            let grant = cx.inner.state.lock().oauth.login.take_grant(code);
+            if !fresh {
                 oauth_error(
                     StatusCode::BAD_REQUEST,
                     "invalid_grant",
                     "The authorization code has already been used.",
                 )
+            } else if let Some(grant) = grant {
+                match check_grant(&grant, param("code_verifier"), param("redirect_uri")) {
+                    Ok(()) => tokens_response(&issue(&cx.inner, grant.identity, &client_id)),
+                    Err(why) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", why),
+                }
+            } else {
+                // A code the mock never issued: any one works once, for a derived login.
+                let id = Arc::new(Identity::derived(code));
+                tokens_response(&issue(&cx.inner, id, &client_id))
             }
         }
         _ => oauth_error(
@@ -266,6 +275,26 @@ pub(crate) async fn token(cx: &Cx) -> Result<Response<MockBody>, Aborted> {
         ),
     };
     shaping.json(resp)
+}
+
+/// A code from the authorize page or a device login is good only with the verifier of its
+/// challenge and the redirect URI it was issued for.
+fn check_grant(
+    grant: &super::login::CodeGrant,
+    verifier: Option<&str>,
+    redirect_uri: Option<&str>,
+) -> Result<(), &'static str> {
+    match verifier {
+        None => return Err("code_verifier is required for this code"),
+        Some(v) if super::login::s256(v) != grant.challenge => {
+            return Err("code_verifier does not match the code_challenge");
+        }
+        Some(_) => {}
+    }
+    if redirect_uri != Some(grant.redirect_uri.as_str()) {
+        return Err("redirect_uri does not match the one the code was issued for");
+    }
+    Ok(())
 }
 
 fn tokens_response(t: &IssuedTokens) -> Response<MockBody> {

@@ -19,7 +19,7 @@ use super::body::{Aborted, MockBody, Plan, Step};
 use super::fault::{Fault, Surface, http_answer};
 use super::state::{Intake, RecordedRequest, Scope, State};
 use super::util::{bearer, header_str, now_secs, openai_error};
-use super::{codex, control, oauth, openai};
+use super::{codex, control, login, oauth, openai};
 
 /// Upper bound on generated deltas per answer.
 const MAX_DELTAS: u32 = 100_000;
@@ -156,7 +156,9 @@ impl Cx {
             | Fault::Unauthorized
             | Fault::Deactivated
             | Fault::ServerError { .. }
-            | Fault::Challenge => {}
+            | Fault::Challenge
+            | Fault::RegionBlocked
+            | Fault::RefreshTokenExpired => {}
         }
         Ok(s)
     }
@@ -273,6 +275,9 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Mo
         "/v1/responses" if m == Method::POST => openai::responses(&cx).await,
         "/v1/models" if m == Method::GET => openai::models(&cx).await,
         "/oauth/token" if m == Method::POST => oauth::token(&cx).await,
+        "/oauth/authorize" if m == Method::GET => login::authorize(&cx),
+        "/api/accounts/deviceauth/usercode" if m == Method::POST => login::device_usercode(&cx),
+        "/api/accounts/deviceauth/token" if m == Method::POST => login::device_token(&cx),
         "/backend-api/codex/responses"
         | "/backend-api/codex/responses/compact"
         | "/backend-api/codex/models"
@@ -281,7 +286,10 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Mo
         | "/v1/chat/completions"
         | "/v1/responses"
         | "/v1/models"
-        | "/oauth/token" => {
+        | "/oauth/token"
+        | "/oauth/authorize"
+        | "/api/accounts/deviceauth/usercode"
+        | "/api/accounts/deviceauth/token" => {
             cx.intake(cx.token(), None, None);
             Ok(openai_error(
                 StatusCode::METHOD_NOT_ALLOWED,
