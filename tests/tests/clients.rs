@@ -1,6 +1,8 @@
 //! Real clients through `poolgate standalone` to the mock upstream: the openai Python SDK
 //! (chat completions and responses, streamed and not, on a Codex account and on an OpenAI
-//! API-key account) and the Codex CLI (`codex exec` with a custom Responses provider).
+//! API-key account), the Codex CLI (`codex exec` with a custom Responses provider), and the
+//! Anthropic side on the Codex account: the anthropic Python SDK and Claude Code (`claude
+//! -p`), both through `/v1/messages` translated to Responses.
 //!
 //! Each client path is deterministic: one platform key may route only to the `codex` account
 //! group, the other only to `openai`, and each group holds one account. A missing client fails
@@ -14,8 +16,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use poolgate_e2e::{
-    Output, Poolctl, Poolgate, Secret, clean_command, codex_cli, http_request, leaked_in,
-    openai_python, random_b64, run_timeout, wait_until,
+    Output, Poolctl, Poolgate, Secret, anthropic_python, claude_code, clean_command, codex_cli,
+    http_request, leaked_in, openai_python, random_b64, run_timeout, wait_until,
 };
 use poolgate_testkit::mock::{MockUpstream, RecordedRequest};
 use serde_json::{Value, json};
@@ -253,12 +255,17 @@ impl Stack {
     }
 }
 
-/// A client process: no `POOLGATE_*`, `OPENAI_*` or `CODEX_*` settings from the caller.
+/// A client process: no `POOLGATE_*`, `OPENAI_*`, `CODEX_*`, `ANTHROPIC_*` or `CLAUDE_*`
+/// settings from the caller.
 fn client_command(program: &Path) -> Command {
     let mut c = clean_command(program);
     for (k, _) in std::env::vars_os() {
         let k = k.to_string_lossy().into_owned();
-        if k.starts_with("OPENAI_") || k.starts_with("CODEX_") || k == "RUST_LOG" {
+        if ["OPENAI_", "CODEX_", "ANTHROPIC_", "CLAUDE_"]
+            .iter()
+            .any(|p| k.starts_with(p))
+            || k == "RUST_LOG"
+        {
             c.env_remove(k);
         }
     }
@@ -599,6 +606,224 @@ fn codex_cli_completes_a_turn_through_the_gateway() {
     })
     .unwrap();
     assert_eq!(logs.len(), turns.len(), "{logs:?}");
+    for rec in &logs {
+        assert_eq!(rec["status"], 200, "{rec}");
+        assert_eq!(rec["account_id"], stack.codex.account_id.as_str(), "{rec}");
+        assert!(rec["output_tokens"].as_u64().unwrap_or(0) > 0, "{rec}");
+    }
+    stack.assert_logs_clean();
+}
+
+/// The Claude model name the Anthropic clients ask for; the gateway serves it with its
+/// default Codex model.
+const CLAUDE_MODEL: &str = "claude-sonnet-4-5";
+/// `--anthropic-default-model`'s default.
+const SERVED_MODEL: &str = "gpt-5";
+
+/// Messages requests (translated to Responses) the Codex backend saw.
+fn assert_messages_translated(stack: &Stack, reqs: &[RecordedRequest], what: &str) {
+    for (i, req) in reqs.iter().enumerate() {
+        let what = format!("{what} upstream request {i}");
+        assert_codex_shaped(stack, req, &what);
+        let body = req.json().unwrap();
+        assert_eq!(body["model"], SERVED_MODEL, "{what}");
+        let key = body["prompt_cache_key"].as_str().unwrap_or_default();
+        assert_eq!(key.len(), 36, "{what}: a UUID-shaped anchor, got {key:?}");
+        assert_eq!(req.header("session-id"), Some(key), "{what}");
+        for h in ["x-api-key", "anthropic-version", "anthropic-beta"] {
+            assert!(
+                req.header(h).is_none(),
+                "{what}: {h} reached the Codex backend"
+            );
+        }
+    }
+}
+
+#[test]
+fn anthropic_python_sdk_messages_through_a_codex_account() {
+    // Before any setup: a missing SDK fails here, saying how to install it.
+    let python = anthropic_python().unwrap();
+    let stack = Stack::start();
+    let out: Output = run_timeout(
+        client_command(&python)
+            .arg(script("anthropic_sdk.py"))
+            .env("POOLGATE_BASE_URL", format!("http://{}", stack.pg.gateway))
+            .env("POOLGATE_KEY", &stack.codex.key)
+            .env("POOLGATE_MODEL", CLAUDE_MODEL),
+        None,
+        CLIENT_TIMEOUT,
+    )
+    .unwrap();
+    assert!(
+        out.success(),
+        "the anthropic SDK script failed: {out}\npoolgate log:\n{}",
+        stack.pg.logs()
+    );
+    let report = out.json().unwrap();
+    let r = &report["results"];
+    let echo = |name: &str| format!("echo: {}", r[name]["prompt"].as_str().unwrap());
+
+    let plain = &r["plain"];
+    assert_eq!(plain["text"], echo("plain"), "{plain}");
+    assert_eq!(plain["model"], CLAUDE_MODEL, "{plain}");
+    assert_eq!(plain["stop_reason"], "end_turn", "{plain}");
+    assert!(plain["id"].as_str().unwrap().starts_with("msg_"), "{plain}");
+
+    let helper = &r["helper_stream"];
+    assert_eq!(helper["text"], echo("helper_stream"), "{helper}");
+    assert_eq!(helper["final_text"], helper["text"], "{helper}");
+    assert_eq!(helper["stop_reason"], "end_turn", "{helper}");
+    // The mock answers in four deltas: a stream, not one aggregated block.
+    assert!(helper["deltas"].as_u64().unwrap() >= 4, "{helper}");
+
+    let raw_stream = &r["raw_stream"];
+    assert_eq!(raw_stream["text"], echo("raw_stream"), "{raw_stream}");
+    assert_eq!(raw_stream["stop_reason"], "end_turn", "{raw_stream}");
+    let types: Vec<&str> = raw_stream["event_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(types.first(), Some(&"message_start"), "{raw_stream}");
+    assert_eq!(
+        &types[types.len() - 3..],
+        ["content_block_stop", "message_delta", "message_stop"],
+        "{raw_stream}"
+    );
+    assert!(raw_stream["output_tokens"].as_u64().unwrap() > 0);
+
+    let counted = &r["count_tokens"];
+    assert!(counted["input_tokens"].as_u64().unwrap() > 0, "{counted}");
+
+    let tools = &r["tools"];
+    assert_eq!(tools["first_stop_reason"], "tool_use", "{tools}");
+    assert_eq!(tools["tool_names"], json!(["lookup_weather"]), "{tools}");
+    assert!(tools["tool_inputs"][0]["city"].is_string(), "{tools}");
+    assert_eq!(
+        tools["text"],
+        format!("tool result: {}", tools["prompt"].as_str().unwrap()),
+        "{tools}"
+    );
+    assert_eq!(tools["stop_reason"], "end_turn", "{tools}");
+
+    // Logged as Anthropic Messages on the Codex account, with the usage the client saw.
+    let ids: Vec<String> = ["plain", "helper_stream", "raw_stream", "count_tokens"]
+        .iter()
+        .map(|n| r[*n]["request_id"].as_str().unwrap().to_string())
+        .collect();
+    let logs = stack.logs_with(&ids);
+    for (name, id) in ["plain", "helper_stream", "raw_stream"].iter().zip(&ids) {
+        let rec = &logs[id];
+        assert_eq!(rec["status"], 200, "{name}: {rec}");
+        assert_eq!(rec["path"], "/v1/messages", "{name}: {rec}");
+        assert_eq!(rec["protocol"], "anthropic_messages", "{name}: {rec}");
+        assert_eq!(rec["account_id"], stack.codex.account_id.as_str(), "{rec}");
+        assert_eq!(rec["key_id"], stack.codex.key_id.as_str(), "{rec}");
+        assert_eq!(rec["model"], SERVED_MODEL, "{rec}");
+        assert!(rec["output_tokens"].as_u64().unwrap_or(0) > 0, "{rec}");
+    }
+    assert_eq!(
+        logs[&ids[0]]["output_tokens"], plain["output_tokens"],
+        "{plain}"
+    );
+    let count_log = &logs[&ids[3]];
+    assert_eq!(
+        count_log["path"], "/v1/messages/count_tokens",
+        "{count_log}"
+    );
+    assert!(count_log["attempts"].as_array().unwrap().is_empty());
+
+    // Five messages reached the Codex backend (count_tokens never does); the plain and
+    // helper calls share metadata.user_id and model, hence one anchor.
+    let reqs = stack.mock.requests_to(CODEX_RESPONSES);
+    assert_eq!(reqs.len(), 5, "requests to the Codex backend");
+    assert_messages_translated(&stack, &reqs, "anthropic SDK");
+    let anchor = |i: usize| reqs[i].json().unwrap()["prompt_cache_key"].clone();
+    assert_eq!(anchor(0), anchor(1));
+    assert_ne!(anchor(0), anchor(2), "no user id is another conversation");
+    stack.assert_logs_clean();
+}
+
+#[test]
+fn claude_code_completes_a_turn_through_the_gateway() {
+    // Before any setup: a missing Claude Code fails here, saying how to install it.
+    let claude = claude_code().unwrap();
+    let stack = Stack::start();
+    let home = stack.tmp.path().join("claude-home");
+    let work = stack.tmp.path().join("claude-work");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let prompt = format!(
+        "answer the poolgate claude check {}",
+        random_b64(6).unwrap()
+    );
+    let out = run_timeout(
+        client_command(&claude)
+            .current_dir(&work)
+            .env("HOME", &home)
+            .env("ANTHROPIC_BASE_URL", format!("http://{}", stack.pg.gateway))
+            .env("ANTHROPIC_API_KEY", &stack.codex.key)
+            .env("DISABLE_TELEMETRY", "1")
+            .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+            .args(["--bare", "-p", &prompt, "--model", CLAUDE_MODEL]),
+        None,
+        CLIENT_TIMEOUT,
+    )
+    .unwrap();
+    let diagnose = || {
+        let upstream: Vec<String> = stack
+            .mock
+            .requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        format!(
+            "claude -p: {out}\nupstream requests: {upstream:?}\npoolgate log:\n{}",
+            stack.pg.logs()
+        )
+    };
+    assert!(out.success(), "{}", diagnose());
+    // The mock echoes the last user text, which Claude Code may wrap with context of its own.
+    assert!(
+        out.stdout.contains("echo: ") && out.stdout.contains(&prompt),
+        "{}",
+        diagnose()
+    );
+
+    let turns = stack.mock.requests_to(CODEX_RESPONSES);
+    assert!(!turns.is_empty(), "{}", diagnose());
+    assert_messages_translated(&stack, &turns, "Claude Code");
+    let last = turns.last().unwrap().json().unwrap();
+    assert!(
+        last_user_text(&last).is_some_and(|t| t.contains(&prompt)),
+        "{last}"
+    );
+
+    // Claude Code's turn is logged as Messages on the Codex account.
+    let logs = wait_until("request logs of the Claude Code turn", PROPAGATION, || {
+        let logs = stack
+            .admin
+            .json(&["get", "logs", "--key", &stack.codex.key_id])
+            .map_err(|e| e.to_string())?;
+        let turns_logged: Vec<Value> = logs
+            .as_array()
+            .ok_or("logs are not an array")?
+            .iter()
+            .filter(|r| r["path"] == "/v1/messages")
+            .cloned()
+            .collect();
+        if turns_logged.len() >= turns.len() {
+            Ok(turns_logged)
+        } else {
+            Err(format!(
+                "{} of {} turns logged: {logs}",
+                turns_logged.len(),
+                turns.len()
+            ))
+        }
+    })
+    .unwrap();
     for rec in &logs {
         assert_eq!(rec["status"], 200, "{rec}");
         assert_eq!(rec["account_id"], stack.codex.account_id.as_str(), "{rec}");

@@ -146,7 +146,13 @@ impl ReportIngest {
     }
 
     /// Validates and applies one report; returns the snapshot version the hub has built.
-    pub async fn ingest(&self, batch: ReportBatch) -> Result<i64, IngestError> {
+    pub async fn ingest(&self, mut batch: ReportBatch) -> Result<i64, IngestError> {
+        self.ingest_mut(&mut batch).await
+    }
+
+    /// [`ReportIngest::ingest`] on a borrowed batch (normalised in place), so an in-process
+    /// caller keeps it for a retry without copying it first.
+    pub async fn ingest_mut(&self, batch: &mut ReportBatch) -> Result<i64, IngestError> {
         let r = self.ingest_inner(batch).await;
         self.metrics.report(match &r {
             Ok(_) => "ok",
@@ -159,8 +165,8 @@ impl ReportIngest {
         r
     }
 
-    async fn ingest_inner(&self, mut batch: ReportBatch) -> Result<i64, IngestError> {
-        check(&mut batch)?;
+    async fn ingest_inner(&self, batch: &mut ReportBatch) -> Result<i64, IngestError> {
+        check(batch)?;
         if !batch.observations.is_empty() {
             for o in &batch.observations {
                 self.metrics.observation(kind_name(&o.kind));

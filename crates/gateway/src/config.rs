@@ -38,7 +38,13 @@ pub struct GatewayConfig {
     pub upstream: UpstreamConfig,
     /// Longest wait between snapshot stream reconnects.
     pub snapshot_backoff_max: Duration,
+    /// The Codex model that serves Anthropic Messages requests naming a Claude model
+    /// (`claude-*`), unless the key overrides the model.
+    pub anthropic_default_model: String,
 }
+
+/// The default for [`GatewayConfig::anthropic_default_model`].
+pub const DEFAULT_ANTHROPIC_MODEL: &str = "gpt-5";
 
 impl Default for GatewayConfig {
     fn default() -> Self {
@@ -59,6 +65,7 @@ impl Default for GatewayConfig {
             report: ReportConfig::default(),
             upstream: UpstreamConfig::default(),
             snapshot_backoff_max: Duration::from_secs(30),
+            anthropic_default_model: DEFAULT_ANTHROPIC_MODEL.into(),
         }
     }
 }

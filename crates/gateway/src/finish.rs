@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use crate::metrics::Metrics;
 use crate::report::Reporter;
+use crate::respond::ErrorDialect;
 use crate::state::InflightGuard;
 
 /// Counts a client request as active while it lives.
@@ -39,6 +40,8 @@ pub(crate) struct Finish {
     pub started: Instant,
     pub route: &'static str,
     pub span: tracing::Span,
+    /// The shape of the errors this request answers with.
+    pub dialect: ErrorDialect,
     reporter: Arc<Reporter>,
     metrics: Arc<Metrics>,
     guard: Option<InflightGuard>,
@@ -60,6 +63,7 @@ impl Finish {
             started: Instant::now(),
             route,
             span,
+            dialect: ErrorDialect::default(),
             reporter,
             metrics,
             guard: None,
@@ -138,6 +142,8 @@ fn protocol_label(p: &str) -> &'static str {
         "openai_chat" => "openai_chat",
         "openai_models" => "openai_models",
         "openai_compact" => "openai_compact",
+        "anthropic_messages" => "anthropic_messages",
+        "anthropic_count_tokens" => "anthropic_count_tokens",
         _ => "other",
     }
 }

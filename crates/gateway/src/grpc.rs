@@ -139,11 +139,11 @@ impl GrpcReportSink {
 
 #[async_trait]
 impl ReportSink for GrpcReportSink {
-    async fn report(&self, batch: ReportBatch) -> Result<(), SinkError> {
+    async fn report(&self, batch: &mut ReportBatch) -> Result<(), SinkError> {
         let auth = self.token.header().map_err(SinkError::Rejected)?;
         let mut client = ReportServiceClient::new(self.channel.clone())
             .max_encoding_message_size(MAX_REPORT_MESSAGE_BYTES);
-        let mut req = tonic::Request::new(report_batch_to_pb(&batch));
+        let mut req = tonic::Request::new(report_batch_to_pb(batch));
         req.set_timeout(REPORT_TIMEOUT);
         req.metadata_mut().insert("authorization", auth);
         match client.report(req).await {

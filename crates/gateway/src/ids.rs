@@ -1,5 +1,6 @@
 //! Request ids: time-ordered (like UUIDv7) so request-log inserts append to the index.
 
+use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -36,7 +37,10 @@ pub fn request_id() -> String {
     let ms = u64::try_from(now_ms()).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let r = mix(seed() ^ n);
-    format!("{ms:012x}{:04x}{r:016x}", n & 0xFFFF)
+    // Written into one exact-size buffer: one allocation per request, not a growing one.
+    let mut out = String::with_capacity(32);
+    let _ = write!(out, "{ms:012x}{:04x}{r:016x}", n & 0xFFFF);
+    out
 }
 
 /// A random UUIDv4-shaped string (fresh Codex session ids on failover).

@@ -9,7 +9,10 @@
 //!
 //! Client surface (OpenAI-compatible): `POST /v1/responses` (streaming and not),
 //! `POST /v1/responses/compact`, `POST /v1/chat/completions` (translated to Responses for
-//! Codex accounts), `GET /v1/models`, `GET /health`. Admin surface: `/healthz`, `/readyz`,
+//! Codex accounts), `GET /v1/models`, `GET /health`; Anthropic-compatible: `POST
+//! /v1/messages` (translated to Responses for Codex accounts, Claude model names served by
+//! [`GatewayConfig::anthropic_default_model`]) and `POST /v1/messages/count_tokens`
+//! (estimated locally). Admin surface: `/healthz`, `/readyz`,
 //! `/metrics`.
 //!
 //! ```no_run
@@ -49,7 +52,7 @@ use poolgate_upstream::UpstreamClient;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::{DEFAULT_MAX_BODY_BYTES, GatewayConfig, ReportConfig};
+pub use config::{DEFAULT_ANTHROPIC_MODEL, DEFAULT_MAX_BODY_BYTES, GatewayConfig, ReportConfig};
 pub use grpc::{GrpcReportSink, GrpcSnapshotSource, NodeToken, control_channel};
 pub use ids::request_id;
 pub use metrics::Metrics;

@@ -15,6 +15,11 @@ use poolgate_core::snapshot::KeyGrant;
 use poolgate_core::{Attempt, ErrorClass, Provider, glob};
 use poolgate_routing::{Cooldown, NoRoute, ProviderSet, RouteRequest, SplitMix64};
 use poolgate_upstream::{BodyStream, Endpoint, UpstreamClient, UpstreamError, UpstreamRequest};
+use poolgate_wire::anthropic::{
+    MessagesConversion, MessagesReplyOptions, MessagesStreamTranslator,
+    anthropic_error_from_upstream, claude_anchor, count_tokens_body, messages_to_responses_request,
+    parse_messages_request, responses_to_messages,
+};
 use poolgate_wire::chat::{
     ChatConversion, ChatStreamOptions, ChatStreamTranslator, chat_to_responses_request,
     responses_to_chat_completion,
@@ -41,7 +46,7 @@ use crate::relay::{
     Aggregated, Dialect, Mode, Preflight, StreamFailureHook, aggregate, preflight, relay_body,
 };
 use crate::report::Reporter;
-use crate::respond::{self, Body, EVENT_STREAM, JSON};
+use crate::respond::{self, Body, EVENT_STREAM, ErrorDialect, JSON};
 use crate::state::{Cells, HealthCell, InflightGuard, Shared, View};
 use crate::telemetry;
 
@@ -62,6 +67,10 @@ enum Route {
     Responses,
     Compact,
     Chat,
+    /// Anthropic Messages (`/v1/messages`, also `?beta=true`), served by Codex accounts.
+    Messages,
+    /// `/v1/messages/count_tokens`, answered locally.
+    CountTokens,
     NotFound,
     MethodNotAllowed,
 }
@@ -75,6 +84,8 @@ impl Route {
             (_, "/responses") => Route::Responses,
             (_, "/responses/compact") => Route::Compact,
             (_, "/chat/completions") => Route::Chat,
+            (_, "/messages") => Route::Messages,
+            (_, "/messages/count_tokens") => Route::CountTokens,
             (_, "/models") => Route::Models,
             _ => return Route::NotFound,
         };
@@ -97,6 +108,8 @@ impl Route {
             Route::Responses => "responses",
             Route::Compact => "responses_compact",
             Route::Chat => "chat_completions",
+            Route::Messages => "messages",
+            Route::CountTokens => "messages_count_tokens",
             Route::Models => "models",
             Route::Health => "health",
             Route::Options | Route::NotFound | Route::MethodNotAllowed => "other",
@@ -109,8 +122,29 @@ impl Route {
             Route::Compact => "openai_compact",
             Route::Chat => "openai_chat",
             Route::Models => "openai_models",
+            Route::Messages => "anthropic_messages",
+            Route::CountTokens => "anthropic_count_tokens",
             _ => "other",
         }
+    }
+
+    /// The error shape of the route's clients.
+    fn dialect(self) -> ErrorDialect {
+        match self {
+            Route::Messages | Route::CountTokens => ErrorDialect::Anthropic,
+            _ => ErrorDialect::OpenAi,
+        }
+    }
+}
+
+/// The error shape for a path that matched no route (or not with this method): Anthropic
+/// under `/v1/messages`, where only Anthropic clients go, else OpenAI.
+fn path_dialect(path: &str) -> ErrorDialect {
+    let p = path.strip_prefix("/v1").unwrap_or(path);
+    if p == "/messages" || p.starts_with("/messages/") {
+        ErrorDialect::Anthropic
+    } else {
+        ErrorDialect::OpenAi
     }
 }
 
@@ -137,7 +171,8 @@ pub(crate) async fn handle(
         }
         Route::NotFound => {
             let id = request_id();
-            respond::error(
+            respond::error_in(
+                path_dialect(req.uri().path()),
                 404,
                 &format!("Unknown path {}", req.uri().path()),
                 Some("not_found"),
@@ -146,7 +181,8 @@ pub(crate) async fn handle(
         }
         Route::MethodNotAllowed => {
             let id = request_id();
-            respond::error(
+            respond::error_in(
+                path_dialect(req.uri().path()),
                 405,
                 &format!("{} is not allowed on {}", req.method(), req.uri().path()),
                 Some("method_not_allowed"),
@@ -170,17 +206,18 @@ async fn api(gw: Arc<Gw>, req: Request<Incoming>, route: Route) -> Response<Body
         route.protocol(),
         &gw.cfg.node_id,
     );
-    let fin = Finish::new(
+    let mut fin = Finish::new(
         log,
         route.label(),
         span.clone(),
         gw.reporter.clone(),
         gw.metrics.clone(),
     );
+    fin.dialect = route.dialect();
     api_inner(gw, req, route, fin).instrument(span).await
 }
 
-/// Answers with an OpenAI-shaped error and completes the request log.
+/// Answers with an error in the request's dialect and completes the request log.
 fn fail(
     mut fin: Finish,
     status: u16,
@@ -189,7 +226,7 @@ fn fail(
     class: Option<ErrorClass>,
 ) -> Response<Body> {
     fin.first_byte(status);
-    let r = respond::error(status, message, code, &fin.log.id);
+    let r = respond::error_in(fin.dialect, status, message, code, &fin.log.id);
     fin.complete(None, class);
     r
 }
@@ -254,6 +291,9 @@ async fn api_inner(
             );
         }
     };
+    if matches!(route, Route::Messages | Route::CountTokens) {
+        return messages(gw, view, key, parts.headers, &body, route, fin).await;
+    }
     let Some(peek) = Peek::parse(&body) else {
         return fail(
             fin,
@@ -304,6 +344,120 @@ async fn api_inner(
         stream,
         json: None,
         chat: None,
+        messages: None,
+        openai_body: None,
+        extra_headers,
+    };
+    call.run(fin).await
+}
+
+/// The Codex model a Messages request is served with: the key's override; else, for a
+/// Claude model name, the gateway's configured default (`--anthropic-default-model`); else
+/// the name as given (a client may ask for a Codex model through the Messages API).
+fn messages_model(requested: &str, key: &KeyGrant, default_model: &str) -> String {
+    if let Some(m) = &key.model_override {
+        return m.clone();
+    }
+    let is_claude = requested
+        .get(..6)
+        .is_some_and(|p| p.eq_ignore_ascii_case("claude"));
+    if is_claude {
+        default_model.to_string()
+    } else {
+        requested.to_string()
+    }
+}
+
+/// `POST /v1/messages` and `/v1/messages/count_tokens` after the key is known: parse, count
+/// locally, or resolve the model, convert to Responses and run the attempt loop.
+async fn messages(
+    gw: Arc<Gw>,
+    view: Arc<View>,
+    key: Arc<KeyGrant>,
+    headers: HeaderMap,
+    body: &[u8],
+    route: Route,
+    mut fin: Finish,
+) -> Response<Body> {
+    let req = match parse_messages_request(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return fail(
+                fin,
+                400,
+                &e.to_string(),
+                Some("invalid_request"),
+                Some(ErrorClass::ClientError),
+            );
+        }
+    };
+    let requested = req.model.trim().to_string();
+    if route == Route::CountTokens {
+        if !requested.is_empty() {
+            fin.log.model = Some(requested);
+        }
+        fin.first_byte(200);
+        let r = respond::json(200, count_tokens_body(&req).to_string(), &fin.log.id);
+        fin.complete(None, None);
+        return r;
+    }
+    if requested.is_empty() && key.model_override.is_none() {
+        return fail(
+            fin,
+            400,
+            "model: Field required",
+            Some("missing_model"),
+            Some(ErrorClass::ClientError),
+        );
+    }
+    let model = messages_model(&requested, &key, &gw.cfg.anthropic_default_model);
+    // With an override only the override counts, as on every other route; otherwise either
+    // the Claude name the client chose or the Codex model that serves it may be allowed.
+    let allowed = if key.model_override.is_some() {
+        glob::allowed(&key.allowed_models, &model)
+    } else {
+        glob::allowed(&key.allowed_models, &requested) || glob::allowed(&key.allowed_models, &model)
+    };
+    if !allowed {
+        return fail(
+            fin,
+            403,
+            &format!("The model {requested:?} is not allowed for this API key."),
+            Some("model_not_allowed"),
+            Some(ErrorClass::ClientError),
+        );
+    }
+    // Claude-style clients send no conversation anchor: derive one per key, user and model.
+    let anchor = claude_anchor(&key.id, req.user_id(), &requested);
+    let conv = match messages_to_responses_request(&req, &model, Some(&anchor)) {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(
+                fin,
+                400,
+                &e.to_string(),
+                Some("invalid_request"),
+                Some(ErrorClass::ClientError),
+            );
+        }
+    };
+    fin.log.model = Some(model.clone());
+    fin.span.record("gen_ai.request.model", model.as_str());
+    let extra_headers = telemetry::propagation_headers(&fin.span);
+    let call = Call {
+        gw,
+        view,
+        key,
+        route,
+        headers,
+        // Every attempt builds from the conversion; the original bytes need not live on.
+        body: Bytes::new(),
+        peek: Peek::default(),
+        model,
+        stream: conv.stream,
+        json: None,
+        chat: None,
+        messages: Some(MessagesCall { conv, anchor }),
         openai_body: None,
         extra_headers,
     };
@@ -429,12 +583,20 @@ struct Built {
     stream: bool,
 }
 
+/// What an aggregated Codex stream is turned into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AggregateAs {
+    Responses,
+    Chat,
+    Messages,
+}
+
 /// How a successful upstream answer reaches the client.
 enum Delivery {
     /// Preflight, then relay in this mode.
     Stream(Mode),
-    /// Aggregate the Codex stream into one response (`chat`: as a chat completion).
-    Aggregate { chat: bool },
+    /// Aggregate the Codex stream into one response.
+    Aggregate(AggregateAs),
     /// Pass the body through.
     Raw,
 }
@@ -442,6 +604,12 @@ enum Delivery {
 enum Step {
     Done(Response<Body>),
     Next(Failure, Box<Finish>),
+}
+
+/// A Messages request converted to Responses, with its derived conversation anchor.
+struct MessagesCall {
+    conv: MessagesConversion,
+    anchor: String,
 }
 
 struct Call {
@@ -458,6 +626,8 @@ struct Call {
     json: Option<Value>,
     /// The chat request as a Responses request, converted once.
     chat: Option<ChatConversion>,
+    /// A Messages request: converted before routing (the model and anchor depend on it).
+    messages: Option<MessagesCall>,
     /// The body for OpenAI accounts (the original bytes unless an override applies).
     openai_body: Option<Bytes>,
     extra_headers: Vec<(HeaderName, HeaderValue)>,
@@ -466,6 +636,9 @@ struct Call {
 impl Call {
     /// The conversation anchor: what keeps a conversation on one account.
     fn anchor(&self) -> Option<String> {
+        if let Some(m) = &self.messages {
+            return Some(m.anchor.clone());
+        }
         let h = &self.headers;
         header_str(h, "session-id")
             .or_else(|| header_str(h, "session_id"))
@@ -485,6 +658,9 @@ impl Call {
     /// A session anchor the Codex backend can use as `prompt_cache_key` when the client
     /// sent none.
     fn session_anchor(&self) -> Option<String> {
+        if let Some(m) = &self.messages {
+            return Some(m.anchor.clone());
+        }
         let h = &self.headers;
         header_str(h, "session-id")
             .or_else(|| header_str(h, "session_id"))
@@ -618,7 +794,21 @@ impl Call {
                     stream: true,
                 })
             }
-            (Provider::OpenAi, r) => {
+            (Provider::Codex, Route::Messages) => {
+                let opts = self.codex_options(&state.account.id, failover);
+                let body = self
+                    .messages
+                    .as_ref()
+                    .map(|m| m.conv.body.clone())
+                    .ok_or_else(|| "The request could not be converted.".to_string())?;
+                let out = normalize_codex_request(body, &opts).map_err(|e| e.to_string())?;
+                Ok(Built {
+                    endpoint: Endpoint::Responses,
+                    body: to_bytes(&out)?,
+                    stream: true,
+                })
+            }
+            (Provider::OpenAi, r) if r != Route::Messages => {
                 let endpoint = match r {
                     Route::Chat => Endpoint::ChatCompletions,
                     Route::Compact => Endpoint::ResponsesCompact,
@@ -644,7 +834,7 @@ impl Call {
             (Provider::Codex, Route::Responses) if self.stream => {
                 Delivery::Stream(Mode::Sse(Dialect::Responses))
             }
-            (Provider::Codex, Route::Responses) => Delivery::Aggregate { chat: false },
+            (Provider::Codex, Route::Responses) => Delivery::Aggregate(AggregateAs::Responses),
             (Provider::Codex, Route::Chat) if self.stream => {
                 let conv = self.chat.as_ref();
                 let opts = ChatStreamOptions {
@@ -656,7 +846,13 @@ impl Call {
                 };
                 Delivery::Stream(Mode::Chat(Box::new(ChatStreamTranslator::new(opts))))
             }
-            (Provider::Codex, Route::Chat) => Delivery::Aggregate { chat: true },
+            (Provider::Codex, Route::Chat) => Delivery::Aggregate(AggregateAs::Chat),
+            (Provider::Codex, Route::Messages) if self.stream => {
+                Delivery::Stream(Mode::Messages(Box::new(MessagesStreamTranslator::new(
+                    self.reply_options(request_id),
+                ))))
+            }
+            (Provider::Codex, Route::Messages) => Delivery::Aggregate(AggregateAs::Messages),
             (_, route) => {
                 let sse = upstream_headers
                     .get(CONTENT_TYPE)
@@ -676,13 +872,32 @@ impl Call {
         }
     }
 
+    /// How answers to a Messages request speak Anthropic (`msg_<request id>` until the
+    /// upstream names its response).
+    fn reply_options(&self, request_id: &str) -> MessagesReplyOptions {
+        let mut opts = self
+            .messages
+            .as_ref()
+            .map(|m| m.conv.reply_options())
+            .unwrap_or_default();
+        opts.id = format!("msg_{request_id}");
+        opts
+    }
+
     async fn run(mut self, fin: Finish) -> Response<Body> {
         let view = self.view.clone();
         let anchor = self.anchor().map(|a| format!("{}:{a}", self.key.id));
+        // Only Codex accounts can serve Messages (by translation); OpenAI-key accounts
+        // speak neither Messages nor the translation's Codex dialect.
+        let providers = if self.route == Route::Messages {
+            ProviderSet::of(&[Provider::Codex])
+        } else {
+            ProviderSet::of(&[Provider::Codex, Provider::OpenAi])
+        };
         let req = RouteRequest {
             model: &self.model,
             allowed_groups: &self.key.account_groups,
-            providers: ProviderSet::of(&[Provider::Codex, Provider::OpenAi]),
+            providers,
             anchor: anchor.as_deref(),
             key_id: &self.key.id,
         };
@@ -895,10 +1110,18 @@ impl Call {
                 ));
             }
         };
-        let fresh_id = uuid_v4();
+        // Only Codex requests carry session ids; other attempts skip the allocation.
+        let fresh_id = if provider == Provider::Codex {
+            uuid_v4()
+        } else {
+            String::new()
+        };
         let session = (provider == Provider::Codex).then(|| {
             let mut s = SessionInput::from_headers(header_lookup(&self.headers));
-            s.anchor = self.peek.conversation();
+            s.anchor = match &self.messages {
+                Some(m) => Some(m.anchor.as_str()),
+                None => self.peek.conversation(),
+            };
             s.prompt_cache_key = self.peek.prompt_cache_key.as_deref();
             s.failover = failover;
             s.fresh_id = Some(&fresh_id);
@@ -1042,20 +1265,24 @@ impl Call {
                     }
                 }
             }
-            Delivery::Aggregate { chat } => {
+            Delivery::Aggregate(kind) => {
                 match aggregate(resp.body, self.gw.cfg.max_aggregate_bytes).await {
                     Aggregated::Done { response, usage } => {
                         self.note_success(state, cell, status, latency, &mut fin);
                         drop(guard);
-                        let out = if chat {
-                            let names = self
-                                .chat
-                                .as_ref()
-                                .map(|c| c.tool_names.clone())
-                                .unwrap_or_default();
-                            responses_to_chat_completion(&response, &names)
-                        } else {
-                            response
+                        let out = match kind {
+                            AggregateAs::Chat => {
+                                let names = self
+                                    .chat
+                                    .as_ref()
+                                    .map(|c| c.tool_names.clone())
+                                    .unwrap_or_default();
+                                responses_to_chat_completion(&response, &names)
+                            }
+                            AggregateAs::Messages => {
+                                responses_to_messages(&response, &self.reply_options(&request_id))
+                            }
+                            AggregateAs::Responses => response,
                         };
                         fin.first_byte(200);
                         let mut headers = respond::relay_headers(&resp.headers, &request_id);
@@ -1194,8 +1421,23 @@ impl Call {
             .attempt(state.account.spec.provider.as_str(), "client_error");
         drop(guard);
         fin.first_byte(status);
-        let mut r = respond::with_status(status, respond::full(bytes));
-        *r.headers_mut() = respond::relay_headers(&headers, &fin.log.id);
+        let r = match fin.dialect {
+            ErrorDialect::OpenAi => {
+                let mut r = respond::with_status(status, respond::full(bytes));
+                *r.headers_mut() = respond::relay_headers(&headers, &fin.log.id);
+                r
+            }
+            ErrorDialect::Anthropic => {
+                // Restated, keeping the status and the message: Anthropic clients read
+                // `error.type` and `error.message`.
+                let body = anthropic_error_from_upstream(status, &bytes).to_string();
+                let mut r = respond::with_status(status, respond::full(body));
+                *r.headers_mut() = respond::relay_headers(&headers, &fin.log.id);
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+                r
+            }
+        };
         fin.complete(None, Some(ErrorClass::ClientError));
         Step::Done(r)
     }
@@ -1250,10 +1492,21 @@ fn retry_secs(at_ms: Option<i64>, now: i64) -> Option<u64> {
 /// "out of quota, come back later" (never a vague 503).
 fn usage_limit(mut fin: Finish, retry_at_ms: Option<i64>, now: i64) -> Response<Body> {
     let secs = retry_secs(retry_at_ms, now).unwrap_or(300);
-    let body =
+    let openai =
         poolgate_wire::errors::usage_limit_reached_body(secs, retry_at_ms.map(|ms| ms / 1000));
+    let body = match fin.dialect {
+        ErrorDialect::OpenAi => openai.to_string(),
+        ErrorDialect::Anthropic => poolgate_wire::anthropic::anthropic_error_body(
+            429,
+            openai["error"]["message"]
+                .as_str()
+                .unwrap_or("Usage limit reached."),
+            Some("usage_limit_reached"),
+        )
+        .to_string(),
+    };
     fin.first_byte(429);
-    let mut r = respond::json(429, body.to_string(), &fin.log.id);
+    let mut r = respond::json(429, body, &fin.log.id);
     respond::retry_after(&mut r, secs);
     fin.complete(None, Some(ErrorClass::QuotaExhausted));
     r
@@ -1299,7 +1552,8 @@ fn final_failure(fin: Finish, failures: &[Failure]) -> Response<Body> {
         let secs = limited.iter().flatten().min().copied().unwrap_or(30);
         let mut fin = fin;
         fin.first_byte(429);
-        let mut r = respond::error(
+        let mut r = respond::error_in(
+            fin.dialect,
             429,
             "Every account that could serve this request is rate limited; retry later.",
             Some("rate_limit_exceeded"),
@@ -1366,6 +1620,55 @@ mod tests {
         );
         assert_eq!(Route::of(&Method::OPTIONS, "/v1/responses"), Route::Options);
         assert_eq!(Route::of(&Method::POST, "/v2/x"), Route::NotFound);
+        assert_eq!(Route::of(&Method::POST, "/v1/messages"), Route::Messages);
+        assert_eq!(Route::of(&Method::POST, "/v1/messages/"), Route::Messages);
+        assert_eq!(
+            Route::of(&Method::POST, "/v1/messages/count_tokens"),
+            Route::CountTokens
+        );
+        assert_eq!(
+            Route::of(&Method::GET, "/v1/messages"),
+            Route::MethodNotAllowed
+        );
+        assert_eq!(Route::Messages.dialect(), ErrorDialect::Anthropic);
+        assert_eq!(Route::CountTokens.dialect(), ErrorDialect::Anthropic);
+        assert_eq!(Route::Chat.dialect(), ErrorDialect::OpenAi);
+        assert_eq!(path_dialect("/v1/messages"), ErrorDialect::Anthropic);
+        assert_eq!(
+            path_dialect("/v1/messages/batches"),
+            ErrorDialect::Anthropic
+        );
+        assert_eq!(path_dialect("/v1/messagesx"), ErrorDialect::OpenAi);
+        assert_eq!(path_dialect("/v1/responses"), ErrorDialect::OpenAi);
+    }
+
+    #[test]
+    fn claude_names_map_to_the_default_codex_model() {
+        let mut key = KeyGrant {
+            id: "k".into(),
+            status: poolgate_core::KeyStatus::Active,
+            expires_at_ms: None,
+            allowed_models: Vec::new(),
+            model_override: None,
+            reasoning_effort: None,
+            account_groups: Vec::new(),
+        };
+        assert_eq!(messages_model("claude-sonnet-4-5", &key, "gpt-5"), "gpt-5");
+        assert_eq!(
+            messages_model("Claude-Opus-4-1", &key, "gpt-5.4"),
+            "gpt-5.4"
+        );
+        assert_eq!(
+            messages_model("gpt-5.4-mini", &key, "gpt-5"),
+            "gpt-5.4-mini"
+        );
+        assert_eq!(messages_model("cla", &key, "gpt-5"), "cla");
+        key.model_override = Some("gpt-5.3-codex".into());
+        assert_eq!(
+            messages_model("claude-sonnet-4-5", &key, "gpt-5"),
+            "gpt-5.3-codex"
+        );
+        assert_eq!(messages_model("gpt-5.4", &key, "gpt-5"), "gpt-5.3-codex");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Upstream bodies on their way to the client: stream preflight (hold content-free events
 //! while failover is still possible), SSE relay (raw chunks forwarded as they arrive, events
-//! decoded on the side for usage and failures), chat translation, aggregation for
-//! non-streaming clients, keep-alive comments during upstream silence, and a clean error
-//! frame when the upstream breaks after the first byte.
+//! decoded on the side for usage and failures), chat and Anthropic Messages translation,
+//! aggregation for non-streaming clients, keep-alives during upstream silence, and a clean
+//! error frame when the upstream breaks after the first byte.
 //!
 //! The relay is the response body itself: when the client goes away hyper drops it, which
 //! drops the upstream request and the in-flight slot with it.
@@ -15,10 +15,11 @@ use futures::StreamExt;
 use poolgate_core::ErrorClass;
 use poolgate_upstream::{BodyStream, UpstreamError};
 use poolgate_wire::aggregate::{AggregateError, ResponsesAggregator};
+use poolgate_wire::anthropic::{MessagesStreamTranslator, ping_frame};
 use poolgate_wire::chat::{ChatStreamTranslator, chat_stream_error_frame};
 use poolgate_wire::classify::{Outcome, StreamEventClass, StreamFailure, classify_stream_json};
 use poolgate_wire::sse::{SseDecoder, SseEvent, event_type};
-use poolgate_wire::usage::{TokenUsage, UsageAccumulator, usage_from_usage_object};
+use poolgate_wire::usage::{TokenUsage, UsageAccumulator, usage_from_usage_slice};
 use serde_json::Value;
 
 use crate::clock::now_ms;
@@ -45,6 +46,8 @@ pub(crate) enum Mode {
     Sse(Dialect),
     /// Codex Responses events translated to `chat.completion.chunk` frames.
     Chat(Box<ChatStreamTranslator>),
+    /// Codex Responses events translated to Anthropic Messages events.
+    Messages(Box<MessagesStreamTranslator>),
 }
 
 /// Events seen before the stream is released to the client.
@@ -317,10 +320,7 @@ fn usage_from_tail(tail: &[u8]) -> Option<TokenUsage> {
     let pos = tail.windows(needle.len()).rposition(|w| w == needle)?;
     let rest = tail.get(pos + needle.len()..)?;
     let colon = rest.iter().position(|b| *b == b':')?;
-    let value_bytes = rest.get(colon + 1..)?;
-    let mut it = serde_json::Deserializer::from_slice(value_bytes).into_iter::<Value>();
-    let v = it.next()?.ok()?;
-    usage_from_usage_object(&v)
+    usage_from_usage_slice(rest.get(colon + 1..)?)
 }
 
 struct Relay {
@@ -347,7 +347,7 @@ impl Relay {
     fn dialect(&self) -> Dialect {
         match &self.mode {
             Mode::Sse(d) => *d,
-            Mode::Chat(_) | Mode::Raw => Dialect::Chat,
+            Mode::Chat(_) | Mode::Messages(_) | Mode::Raw => Dialect::Chat,
         }
     }
 
@@ -361,6 +361,13 @@ impl Relay {
                 }
             }
             Mode::Chat(t) => {
+                let mut frames = Vec::new();
+                for ev in &events {
+                    t.push(ev, now_ms(), &mut frames);
+                }
+                self.out.extend(frames);
+            }
+            Mode::Messages(t) => {
                 let mut frames = Vec::new();
                 for ev in &events {
                     t.push(ev, now_ms(), &mut frames);
@@ -381,6 +388,7 @@ impl Relay {
         let failure = match &self.mode {
             Mode::Sse(_) => self.tap.failure.as_ref(),
             Mode::Chat(t) => t.failure(),
+            Mode::Messages(t) => t.failure(),
             Mode::Raw => None,
         };
         if let Some(f) = failure.filter(|f| is_account_failure(f.outcome))
@@ -400,7 +408,7 @@ impl Relay {
                 }
                 self.out.push_back(chunk);
             }
-            Mode::Sse(_) | Mode::Chat(_) => {
+            Mode::Sse(_) | Mode::Chat(_) | Mode::Messages(_) => {
                 let mut events = std::mem::take(&mut self.scratch);
                 let _ = self.decoder.push(&chunk, &mut events);
                 if matches!(self.mode, Mode::Sse(_)) {
@@ -451,13 +459,24 @@ impl Relay {
                     self.error = f.outcome.error_class().or(Some(ErrorClass::Upstream5xx));
                 }
             }
+            Mode::Messages(t) => {
+                if !t.is_finished() {
+                    // Ends with an Anthropic `event: error` frame.
+                    let mut frames = Vec::new();
+                    t.finish(&mut frames);
+                    self.out.extend(frames);
+                    self.error = Some(ErrorClass::Network);
+                } else if let Some(f) = t.failure() {
+                    self.error = f.outcome.error_class().or(Some(ErrorClass::Upstream5xx));
+                }
+            }
         }
     }
 
     fn at_frame_boundary(&self) -> bool {
         match self.mode {
             Mode::Sse(_) => self.decoder.buffered_len() == 0,
-            Mode::Chat(_) => true,
+            Mode::Chat(_) | Mode::Messages(_) => true,
             Mode::Raw => false,
         }
     }
@@ -467,6 +486,17 @@ impl Relay {
             Mode::Raw => usage_from_tail(&self.tail),
             Mode::Sse(_) => self.tap.usage.usage(),
             Mode::Chat(t) => t.usage(),
+            Mode::Messages(t) => t.usage(),
+        }
+    }
+
+    /// A frame the client ignores: Anthropic clients get `event: ping` (the Anthropic API's
+    /// own keep-alive) once `message_start` is out, as the API never sends one before it;
+    /// before that, and in every other dialect, an SSE comment.
+    fn keepalive_frame(&self) -> Bytes {
+        match &self.mode {
+            Mode::Messages(t) if t.has_started() => ping_frame(),
+            _ => poolgate_wire::sse::keep_alive(),
         }
     }
 
@@ -505,7 +535,7 @@ impl Relay {
                             "no data from the upstream for {secs:.1} s"
                         ))));
                     } else if self.keepalive.is_some() && self.at_frame_boundary() {
-                        return Some(Ok(poolgate_wire::sse::keep_alive()));
+                        return Some(Ok(self.keepalive_frame()));
                     }
                     continue;
                 }
@@ -530,6 +560,7 @@ impl Drop for Relay {
         let terminal = match &self.mode {
             Mode::Sse(_) => self.tap.terminal,
             Mode::Chat(t) => t.is_finished(),
+            Mode::Messages(t) => t.is_finished(),
             Mode::Raw => self.tail.trim_ascii_end().ends_with(b"[DONE]"),
         };
         if delivered && terminal {

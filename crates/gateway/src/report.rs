@@ -232,8 +232,8 @@ async fn flush(reporter: &Reporter, sink: &dyn ReportSink, shared: &Shared, drai
         if records.is_empty() && dropped == 0 {
             return true;
         }
-        let batch = reporter.batch(records, shared.version(), dropped);
-        match sink.report(batch.clone()).await {
+        let mut batch = reporter.batch(records, shared.version(), dropped);
+        match sink.report(&mut batch).await {
             Ok(()) => {
                 reporter.dropped.fetch_sub(dropped, Ordering::Relaxed);
                 reporter.metrics.report_batch(true);

@@ -1,5 +1,5 @@
-//! Response helpers: the body type, OpenAI-shaped errors with the request id, and which
-//! upstream headers reach the client.
+//! Response helpers: the body type, errors (OpenAI- or Anthropic-shaped) with the request id,
+//! and which upstream headers reach the client.
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
@@ -41,18 +41,31 @@ pub(crate) fn json(status: u16, body: impl Into<Bytes>, request_id: &str) -> Res
     r
 }
 
-/// `{"error":{"message","type","code","param"}}` with the request id header.
-pub(crate) fn error(
+/// The error shape a route's clients understand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum ErrorDialect {
+    /// `{"error":{"message","type","code","param"}}` (OpenAI SDKs, the Codex CLI).
+    #[default]
+    OpenAi,
+    /// `{"type":"error","error":{"type","message"}}` (Anthropic SDKs, Claude Code).
+    Anthropic,
+}
+
+/// An error in `dialect` with the request id header; `code` refines the Anthropic `type`.
+pub(crate) fn error_in(
+    dialect: ErrorDialect,
     status: u16,
     message: &str,
     code: Option<&str>,
     request_id: &str,
 ) -> Response<Body> {
-    json(
-        status,
-        poolgate_wire::errors::error_bytes(status, message, code),
-        request_id,
-    )
+    let body = match dialect {
+        ErrorDialect::OpenAi => poolgate_wire::errors::error_bytes(status, message, code),
+        ErrorDialect::Anthropic => {
+            poolgate_wire::anthropic::anthropic_error_bytes(status, message, code)
+        }
+    };
+    json(status, body, request_id)
 }
 
 pub(crate) fn retry_after(r: &mut Response<Body>, secs: u64) {
@@ -121,8 +134,41 @@ mod tests {
         assert!(h.get("content-length").is_none());
         assert!(h.get("set-cookie").is_none());
         assert!(h.get("transfer-encoding").is_none());
-        let r = error(413, "too big", Some("body_too_large"), "rid");
+        let r = error_in(
+            ErrorDialect::OpenAi,
+            413,
+            "too big",
+            Some("body_too_large"),
+            "rid",
+        );
         assert_eq!(r.status(), 413);
         assert_eq!(r.headers()["x-request-id"], "rid");
+    }
+
+    #[tokio::test]
+    async fn errors_in_both_dialects() {
+        use http_body_util::BodyExt;
+        let read = |r: Response<Body>| async move {
+            let b = r.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<serde_json::Value>(&b).unwrap()
+        };
+        let r = error_in(ErrorDialect::Anthropic, 429, "later", None, "rid");
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()["x-request-id"], "rid");
+        assert_eq!(r.headers()["content-type"], JSON);
+        assert_eq!(
+            read(r).await,
+            serde_json::json!({"type": "error", "error": {"type": "rate_limit_error", "message": "later"}})
+        );
+        let r = error_in(
+            ErrorDialect::OpenAi,
+            400,
+            "bad",
+            Some("invalid_json"),
+            "rid",
+        );
+        let v = read(r).await;
+        assert_eq!(v["error"]["code"], "invalid_json");
+        assert_eq!(v["error"]["message"], "bad");
     }
 }

@@ -46,7 +46,10 @@ pub trait SnapshotSource: Send + Sync + 'static {
 
 #[async_trait]
 pub trait ReportSink: Send + Sync + 'static {
-    async fn report(&self, batch: ReportBatch) -> Result<(), SinkError>;
+    /// Delivers one batch. Borrowed, so a failed batch goes back into the queue without a
+    /// copy of every record having been made for the attempt; a sink may normalise it (e.g.
+    /// truncate over-long details) on the way.
+    async fn report(&self, batch: &mut ReportBatch) -> Result<(), SinkError>;
 }
 
 const LIVE_CAPACITY: usize = 1024;
@@ -221,12 +224,12 @@ impl MemoryReportSink {
 
 #[async_trait]
 impl ReportSink for MemoryReportSink {
-    async fn report(&self, batch: ReportBatch) -> Result<(), SinkError> {
+    async fn report(&self, batch: &mut ReportBatch) -> Result<(), SinkError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(SinkError::Unavailable("memory sink switched off".into()));
         }
         if let Ok(mut b) = self.batches.lock() {
-            b.push(batch);
+            b.push(batch.clone());
         }
         self.changed.notify_waiters();
         Ok(())

@@ -54,6 +54,10 @@ pub(crate) struct GatewayTuning {
     /// Codex CLI version the upstream header profile claims.
     #[arg(long, env = "POOLGATE_CODEX_VERSION", default_value = poolgate_upstream::DEFAULT_CODEX_VERSION)]
     pub codex_version: String,
+    /// The Codex model that serves Anthropic Messages requests for a Claude model
+    /// (`claude-*`), unless the platform key overrides the model.
+    #[arg(long, env = "POOLGATE_ANTHROPIC_DEFAULT_MODEL", default_value = poolgate_gateway::DEFAULT_ANTHROPIC_MODEL)]
+    pub anthropic_default_model: String,
 }
 
 impl GatewayTuning {
@@ -63,6 +67,7 @@ impl GatewayTuning {
             admin_listen,
             node_id,
             max_body_bytes: self.max_body,
+            anthropic_default_model: self.anthropic_default_model.clone(),
             ..GatewayConfig::default()
         };
         cfg.upstream.codex_version = self.codex_version.clone();
@@ -227,8 +232,8 @@ pub(crate) struct IngestSink(pub ReportIngest);
 
 #[async_trait]
 impl ReportSink for IngestSink {
-    async fn report(&self, batch: ReportBatch) -> Result<(), SinkError> {
-        match self.0.ingest(batch).await {
+    async fn report(&self, batch: &mut ReportBatch) -> Result<(), SinkError> {
+        match self.0.ingest_mut(batch).await {
             Ok(_) => Ok(()),
             Err(e @ IngestError::Invalid(_)) => Err(SinkError::Rejected(e.to_string())),
             Err(e) => Err(SinkError::Unavailable(e.to_string())),

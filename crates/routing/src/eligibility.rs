@@ -345,6 +345,8 @@ fn judge_quota(a: &RouteAccount, guard: &QuotaGuard, now_ms: UnixMillis) -> Verd
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Prefilter {
     passed: Vec<usize>,
+    /// `account_hash` of each passed account's id (same positions as `passed`).
+    hashes: Vec<u64>,
     skipped: Vec<Skipped>,
 }
 
@@ -354,7 +356,10 @@ impl Prefilter {
         for (index, a) in accounts.iter().enumerate() {
             match judge_static(a, req) {
                 Some(reason) => p.skipped.push(Skipped { index, reason }),
-                None => p.passed.push(index),
+                None => {
+                    p.passed.push(index);
+                    p.hashes.push(crate::affinity::account_hash(&a.id));
+                }
             }
         }
         p
@@ -363,6 +368,12 @@ impl Prefilter {
     /// Indices (ascending) of the accounts that passed the time-independent rules.
     pub fn passed(&self) -> &[usize] {
         &self.passed
+    }
+
+    /// The id hashes (for affinity) of the [`Prefilter::passed`] accounts, at the same
+    /// positions.
+    pub fn hashes(&self) -> &[u64] {
+        &self.hashes
     }
 
     /// The accounts left out by the time-independent rules, in input order.

@@ -3,7 +3,7 @@
 
 use poolgate_core::{RoutingPolicy, Strategy, UnixMillis};
 
-use crate::affinity::{anchor_hash, rendezvous_weight};
+use crate::affinity::{account_hash, anchor_hash, weight};
 use crate::cursor::BalancedCursor;
 use crate::eligibility::{
     Eligibility, Prefilter, QuotaExhausted, SkipSummary, Skipped, eligibility, quota_exhausted,
@@ -130,9 +130,12 @@ fn cooling_until(a: &RouteAccount, load: Load, now_ms: UnixMillis) -> Option<(Un
 struct Entry {
     priority: i32,
     /// The id's first 8 bytes, big-endian: orders like the id, so most comparisons of
-    /// real ids (`acc_` + random hex) never touch the strings.
+    /// real ids (`acc_` + random hex) never touch the strings. Only [`Router::plan`] sorts
+    /// (0 on the prefiltered path, whose entries arrive in order).
     id_prefix: u64,
     index: usize,
+    /// [`account_hash`] of the id, for affinity (0 when the request has no anchor).
+    hash: u64,
     low: bool,
     ready: bool,
 }
@@ -293,8 +296,20 @@ impl Router {
             &self.policy.quota_guard,
             now_ms,
             &mut skipped,
-            |index, low| self.push_entry(&mut order, accounts, health, now_ms, index, low),
+            |index, low| {
+                let hash = match (req.anchor, accounts.get(index)) {
+                    (Some(_), Some(a)) => account_hash(&a.id),
+                    _ => 0,
+                };
+                self.push_entry(&mut order, accounts, health, now_ms, index, low, true, hash);
+            },
         );
+        order.sort_unstable_by(|x, y| {
+            (x.priority, x.id_prefix)
+                .cmp(&(y.priority, y.id_prefix))
+                .then_with(|| accounts[x.index].id.cmp(&accounts[y.index].id))
+                .then(x.index.cmp(&y.index))
+        });
         self.order_candidates(accounts, req, health, now_ms, rotation, rng, order, skipped)
     }
 
@@ -315,17 +330,32 @@ impl Router {
     ) -> Plan {
         let mut skipped = Vec::new();
         let mut order: Vec<Entry> = Vec::with_capacity(pre.passed().len());
+        let (passed, hashes) = (pre.passed(), pre.hashes());
+        let mut cursor = 0;
         scan_prefiltered(
             accounts,
             pre,
             &self.policy.quota_guard,
             now_ms,
             &mut skipped,
-            |index, low| self.push_entry(&mut order, accounts, health, now_ms, index, low),
+            |index, low| {
+                // The scan visits a subsequence of `passed` in order: a cursor finds each
+                // account's hash there without a search.
+                while passed.get(cursor).is_some_and(|p| *p < index) {
+                    cursor += 1;
+                }
+                let hash = hashes.get(cursor).copied().unwrap_or(0);
+                self.push_entry(
+                    &mut order, accounts, health, now_ms, index, low, false, hash,
+                );
+            },
         );
+        // `accounts` is in routing order and the scan visits it by ascending index, so the
+        // entries already stand in strategy order: no sort, and no id read per account.
         self.order_candidates(accounts, req, health, now_ms, rotation, rng, order, skipped)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn push_entry<H: HealthSource + ?Sized>(
         &self,
         order: &mut Vec<Entry>,
@@ -334,6 +364,8 @@ impl Router {
         now_ms: UnixMillis,
         index: usize,
         low: bool,
+        sort_key: bool,
+        hash: u64,
     ) {
         let Some(a) = accounts.get(index) else { return };
         let load = health.load(index, a);
@@ -341,8 +373,9 @@ impl Router {
         let ready = cooling_until(a, load, now_ms).is_none() && (cap == 0 || load.inflight < cap);
         order.push(Entry {
             priority: a.priority,
-            id_prefix: id_prefix(&a.id),
+            id_prefix: if sort_key { id_prefix(&a.id) } else { 0 },
             index,
+            hash,
             low,
             ready,
         });
@@ -363,13 +396,7 @@ impl Router {
     ) -> Plan {
         let account = |e: &Entry| &accounts[e.index];
 
-        // Strategy order: (priority, id), then the balanced rotation.
-        order.sort_unstable_by(|x, y| {
-            (x.priority, x.id_prefix)
-                .cmp(&(y.priority, y.id_prefix))
-                .then_with(|| account(x).id.cmp(&account(y).id))
-                .then(x.index.cmp(&y.index))
-        });
+        // `order` is in strategy order, (priority, id); then the balanced rotation.
         if self.policy.strategy == Strategy::Balanced && !order.is_empty() {
             let start = (rotation % order.len() as u64) as usize;
             order.rotate_left(start);
@@ -455,6 +482,7 @@ impl Router {
         let ordered = self.policy.strategy == Strategy::Ordered;
         let h = anchor_hash(anchor);
         let mut best: Option<(usize, u64, &str)> = None;
+        // Equal weights (astronomically rare) go to the smaller id: only then is one read.
         for (pos, e) in order.iter().enumerate() {
             let a = &accounts[e.index];
             if e.class() != class {
@@ -464,7 +492,7 @@ impl Router {
                 // Sorted by priority within a class under `ordered`: the tier has ended.
                 break;
             }
-            let w = rendezvous_weight(h, &a.id);
+            let w = weight(h, e.hash);
             let better = match best {
                 None => true,
                 Some((_, bw, bid)) => w > bw || (w == bw && a.id.as_str() < bid),

@@ -130,6 +130,87 @@ pub fn usage_from_usage_object(u: &Value) -> Option<TokenUsage> {
     partial_of_usage(u).finish()
 }
 
+/// A usage count as providers send it: a non-negative integer, or a float (truncated).
+/// Anything else counts as absent, like in [`usage_from_json`].
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawCount {
+    Int(u64),
+    Float(f64),
+    Other(serde::de::IgnoredAny),
+}
+
+impl RawCount {
+    fn get(c: &Option<RawCount>) -> Option<u64> {
+        match c {
+            Some(RawCount::Int(n)) => Some(*n),
+            Some(RawCount::Float(f)) if f.is_finite() && *f >= 0.0 => Some(*f as u64),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawDetails {
+    cached_tokens: Option<RawCount>,
+    reasoning_tokens: Option<RawCount>,
+}
+
+/// A `usage` object read without building a JSON tree: the non-streamed responses of
+/// OpenAI-key accounts are relayed as they are and only this part of them is parsed.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawUsage {
+    input_tokens: Option<RawCount>,
+    prompt_tokens: Option<RawCount>,
+    output_tokens: Option<RawCount>,
+    completion_tokens: Option<RawCount>,
+    total_tokens: Option<RawCount>,
+    input_tokens_details: Option<RawDetails>,
+    prompt_tokens_details: Option<RawDetails>,
+    output_tokens_details: Option<RawDetails>,
+    completion_tokens_details: Option<RawDetails>,
+    cache_read_input_tokens: Option<RawCount>,
+}
+
+impl RawUsage {
+    fn partial(&self) -> Partial {
+        let detail = |d: &Option<RawDetails>, f: fn(&RawDetails) -> &Option<RawCount>| {
+            d.as_ref().and_then(|d| RawCount::get(f(d)))
+        };
+        Partial {
+            input: RawCount::get(&self.input_tokens).or(RawCount::get(&self.prompt_tokens)),
+            output: RawCount::get(&self.output_tokens).or(RawCount::get(&self.completion_tokens)),
+            total: RawCount::get(&self.total_tokens),
+            cached: detail(&self.input_tokens_details, |d| &d.cached_tokens)
+                .or_else(|| detail(&self.prompt_tokens_details, |d| &d.cached_tokens))
+                .or(RawCount::get(&self.cache_read_input_tokens)),
+            reasoning: detail(&self.output_tokens_details, |d| &d.reasoning_tokens)
+                .or_else(|| detail(&self.completion_tokens_details, |d| &d.reasoning_tokens)),
+        }
+    }
+}
+
+/// Usage from the bytes of a `usage` value (what follows `"usage":`; trailing bytes are
+/// ignored). Reads the counts without building a JSON tree and falls back to the tree for
+/// shapes the typed reader refuses, so the answer is always [`usage_from_usage_object`]'s.
+pub fn usage_from_usage_slice(bytes: &[u8]) -> Option<TokenUsage> {
+    // Only an object is a usage object (a derived struct would also read an array).
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        let mut tree = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
+        return usage_from_usage_object(&tree.next()?.ok()?);
+    }
+    let mut typed = serde_json::Deserializer::from_slice(bytes).into_iter::<RawUsage>();
+    match typed.next()? {
+        Ok(u) => u.partial().finish(),
+        Err(_) => {
+            let mut tree = serde_json::Deserializer::from_slice(bytes).into_iter::<Value>();
+            usage_from_usage_object(&tree.next()?.ok()?)
+        }
+    }
+}
+
 /// Usage in a JSON body; `None` when the body is not JSON or reports none.
 pub fn usage_from_body(body: &[u8]) -> Option<TokenUsage> {
     serde_json::from_slice::<Value>(body)
@@ -202,6 +283,29 @@ mod tests {
             "the usage object alone reads the same"
         );
         assert_eq!(usage_from_usage_object(&json!([1, 2])), None);
+        // The typed reader agrees with the tree on every shape, odd ones included.
+        for u in [
+            c["usage"].clone(),
+            r["response"]["usage"].clone(),
+            json!({"input_tokens": 9, "cache_read_input_tokens": 8, "output_tokens": 1}),
+            json!({"prompt_tokens": 2.9, "completion_tokens": "x", "total_tokens": -1}),
+            json!({"prompt_tokens_details": null, "input_tokens_details": {"cached_tokens": 1}}),
+            json!({"input_tokens_details": "odd", "prompt_tokens": 4}),
+            json!({"other": {"deep": [1, {"x": 2}]}, "output_tokens": 3}),
+            json!({}),
+            json!(null),
+            json!([1, 2]),
+            json!("text"),
+        ] {
+            let bytes = format!("{u} , \"after\": 1}}");
+            assert_eq!(
+                usage_from_usage_slice(bytes.as_bytes()),
+                usage_from_usage_object(&u),
+                "{u}"
+            );
+        }
+        assert_eq!(usage_from_usage_slice(b""), None);
+        assert_eq!(usage_from_usage_slice(b"{\"prompt_tokens\": 1"), None);
         assert_eq!(usage_from_usage_object(&json!({})), None);
         let a = json!({"message": {"usage": {"input_tokens": 9, "cache_read_input_tokens": 8, "output_tokens": 1}}});
         assert_eq!(usage_from_json(&a).map(|u| u.cached_input_tokens), Some(8));

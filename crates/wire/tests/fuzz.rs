@@ -20,7 +20,9 @@ use poolgate_wire::responses::{
     codex_session_headers, normalize_codex_request,
 };
 use poolgate_wire::sse::{SseDecoder, SseEvent, decode_all, encode};
-use poolgate_wire::usage::{UsageAccumulator, usage_from_body};
+use poolgate_wire::usage::{
+    UsageAccumulator, usage_from_body, usage_from_usage_object, usage_from_usage_slice,
+};
 use poolgate_wire::{WireError, header_lookup};
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -485,6 +487,51 @@ fn anthropic_stream_shape(frames: &[SseEvent]) -> Result<(), String> {
     Ok(())
 }
 
+fn usage_value() -> impl Strategy<Value = Value> {
+    let count = prop_oneof![
+        any::<u32>().prop_map(|n| json!(n)),
+        any::<f64>().prop_map(|f| json!(f)),
+        Just(json!(-3)),
+        Just(json!("7")),
+        Just(Value::Null),
+        Just(json!({"n": 1})),
+    ];
+    let key = prop_oneof![
+        Just("input_tokens"),
+        Just("prompt_tokens"),
+        Just("output_tokens"),
+        Just("completion_tokens"),
+        Just("total_tokens"),
+        Just("cache_read_input_tokens"),
+        Just("unrelated"),
+    ];
+    let details = prop_oneof![
+        Just("input_tokens_details"),
+        Just("prompt_tokens_details"),
+        Just("output_tokens_details"),
+        Just("completion_tokens_details"),
+    ];
+    let inner = prop_oneof![Just("cached_tokens"), Just("reasoning_tokens"), Just("x")];
+    (
+        prop::collection::vec((key, count.clone()), 0..6),
+        prop::collection::vec((details, prop::collection::vec((inner, count), 0..3)), 0..3),
+        json_value(),
+    )
+        .prop_map(|(flat, nested, other)| {
+            let mut m = Map::new();
+            for (k, v) in flat {
+                m.insert(k.into(), v);
+            }
+            for (k, fields) in nested {
+                let d: Map<String, Value> =
+                    fields.into_iter().map(|(f, v)| (f.into(), v)).collect();
+                m.insert(k.into(), Value::Object(d));
+            }
+            m.insert("other".into(), other);
+            Value::Object(m)
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -509,6 +556,19 @@ proptest! {
     fn sse_decoder_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512), cuts in prop::collection::vec(any::<usize>(), 0..6)) {
         let _ = decode_chunked(&bytes, &cuts, 32);
         let _ = decode_all(&bytes, 1 << 16);
+    }
+
+    #[test]
+    fn typed_usage_reads_like_the_tree(u in usage_value(), junk in prop::collection::vec(any::<u8>(), 0..16)) {
+        let mut bytes = u.to_string().into_bytes();
+        bytes.extend_from_slice(b" ,");
+        bytes.extend_from_slice(&junk);
+        prop_assert_eq!(usage_from_usage_slice(&bytes), usage_from_usage_object(&u));
+    }
+
+    #[test]
+    fn typed_usage_survives_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = usage_from_usage_slice(&bytes);
     }
 
     #[test]
