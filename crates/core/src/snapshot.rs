@@ -64,25 +64,44 @@ pub struct KeyGrant {
     pub id: Arc<str>,
     pub status: KeyStatus,
     pub expires_at_ms: Option<UnixMillis>,
-    /// Model patterns the key may use; empty allows all.
-    pub allowed_models: Vec<String>,
+    /// Model patterns the key may use; empty allows all. Shared between keys with the same
+    /// list (see [`Interner`]).
+    pub allowed_models: Arc<[String]>,
     /// Replaces the model of every request made with the key.
     pub model_override: Option<String>,
     pub reasoning_effort: Option<ReasoningEffort>,
-    /// Account groups the key may route to; empty allows all.
-    pub account_groups: Vec<String>,
+    /// Account groups the key may route to; empty allows all. Shared like `allowed_models`.
+    pub account_groups: Arc<[String]>,
+}
+
+/// Shares equal string lists between the keys of one delta: 100,000 keys usually name a
+/// handful of group and model lists, and one copy each is enough.
+#[derive(Debug, Default)]
+pub struct Interner {
+    lists: HashMap<Vec<String>, Arc<[String]>>,
+}
+
+impl Interner {
+    pub fn list(&mut self, v: Vec<String>) -> Arc<[String]> {
+        if let Some(l) = self.lists.get(&v) {
+            return l.clone();
+        }
+        let l: Arc<[String]> = Arc::from(v.clone());
+        self.lists.insert(v, l.clone());
+        l
+    }
 }
 
 impl KeyGrant {
-    pub fn of(key: PlatformKey) -> Self {
+    pub fn of(key: PlatformKey, interner: &mut Interner) -> Self {
         KeyGrant {
             id: Arc::from(key.id),
             status: key.status,
             expires_at_ms: key.spec.expires_at_ms,
-            allowed_models: key.spec.allowed_models,
+            allowed_models: interner.list(key.spec.allowed_models),
             model_override: key.spec.model_override,
             reasoning_effort: key.spec.reasoning_effort,
-            account_groups: key.spec.account_groups,
+            account_groups: interner.list(key.spec.account_groups),
         }
     }
 
@@ -226,11 +245,12 @@ impl Snapshot {
                 next.keys.remove(&d);
             }
         }
+        let mut interner = Interner::default();
         for k in delta.upsert_keys {
             let digest = digest_from_hex(&k.hash).ok_or_else(|| {
                 Error::invalid("keys", format!("key {} has a malformed hash", k.id))
             })?;
-            let grant = KeyGrant::of(k);
+            let grant = KeyGrant::of(k, &mut interner);
             if let Some(old) = next.key_digest_by_id.insert(grant.id.clone(), digest)
                 && old != digest
             {
@@ -420,5 +440,35 @@ mod tests {
         seen.sort_unstable();
         assert_eq!(seen.len(), 9_999);
         assert_eq!(b.keys().count(), 9_999);
+    }
+
+    #[test]
+    fn keys_share_equal_lists() {
+        let mut a = key("k1", "one");
+        a.spec.account_groups = vec!["bulk".into()];
+        let mut b = key("k2", "two");
+        b.spec.account_groups = vec!["bulk".into()];
+        let mut c = key("k3", "three");
+        c.spec.account_groups = vec!["other".into()];
+        let s = Snapshot::default()
+            .apply(Delta {
+                version: 1,
+                full: true,
+                upsert_keys: vec![a, b, c],
+                ..Default::default()
+            })
+            .unwrap();
+        let (a, b, c) = (
+            s.key(&key_digest("one")).unwrap(),
+            s.key(&key_digest("two")).unwrap(),
+            s.key(&key_digest("three")).unwrap(),
+        );
+        assert!(Arc::ptr_eq(&a.account_groups, &b.account_groups));
+        assert!(!Arc::ptr_eq(&a.account_groups, &c.account_groups));
+        assert_eq!(&*c.account_groups, ["other".to_string()]);
+        assert!(
+            Arc::ptr_eq(&a.allowed_models, &c.allowed_models),
+            "empty lists too"
+        );
     }
 }

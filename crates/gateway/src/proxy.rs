@@ -1648,10 +1648,10 @@ mod tests {
             id: "k".into(),
             status: poolgate_core::KeyStatus::Active,
             expires_at_ms: None,
-            allowed_models: Vec::new(),
+            allowed_models: Arc::from(Vec::new()),
             model_override: None,
             reasoning_effort: None,
-            account_groups: Vec::new(),
+            account_groups: Arc::from(Vec::new()),
         };
         assert_eq!(messages_model("claude-sonnet-4-5", &key, "gpt-5"), "gpt-5");
         assert_eq!(
