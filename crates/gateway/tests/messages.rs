@@ -31,6 +31,16 @@ fn message_body(text: &str, stream: bool, user: &str) -> Value {
 
 /// A request the way Claude Code sends it: key in `x-api-key`, `?beta=true`, Anthropic
 /// headers that must never reach the upstream.
+/// Sends a Messages request the way Claude Code does and returns the answer.
+async fn send_claude(h: &Harness, path: &str, body: &Value) -> reqwest::Response {
+    claude_post(h, path, body).send().await.unwrap()
+}
+
+fn assert_content_type(r: &reqwest::Response, prefix: &str) {
+    let ct = r.headers()["content-type"].to_str().unwrap();
+    assert!(ct.starts_with(prefix), "content-type {ct}");
+}
+
 fn claude_post(h: &Harness, path: &str, body: &Value) -> reqwest::RequestBuilder {
     h.http
         .post(h.url(path))
@@ -96,21 +106,14 @@ fn assert_anthropic_error(v: &Value, ty: &str) {
 #[tokio::test]
 async fn a_message_is_translated_to_codex_and_back() {
     let h = codex_pool(1, test_config()).await;
-    let r = claude_post(
+    let r = send_claude(
         &h,
         "/v1/messages?beta=true",
         &message_body("hello claude", false, "user-1"),
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.status(), 200);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("application/json")
-    );
+    assert_content_type(&r, "application/json");
     let id = request_id(&r);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["type"], "message", "{v}");
@@ -203,21 +206,14 @@ async fn a_message_is_translated_to_codex_and_back() {
 #[tokio::test]
 async fn a_streamed_message_follows_the_anthropic_event_order() {
     let h = codex_pool(1, test_config()).await;
-    let r = claude_post(
+    let r = send_claude(
         &h,
         "/v1/messages?beta=true",
         &message_body("stream me", true, "user-1"),
     )
-    .send()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(r.status(), 200);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/event-stream")
-    );
+    assert_content_type(&r, "text/event-stream");
     let id = request_id(&r);
     let body = text_of(r).await;
     let events = sse_events(&body);
@@ -289,10 +285,7 @@ async fn tool_use_round_trips_with_long_names_restored() {
     for stream in [false, true] {
         let mut first = message_body("please call the tool", stream, "tools");
         first["tools"] = tools.clone();
-        let r = claude_post(&h, "/v1/messages", &first)
-            .send()
-            .await
-            .unwrap();
+        let r = send_claude(&h, "/v1/messages", &first).await;
         assert_eq!(r.status(), 200);
         let (tool_id, input) = if stream {
             let body = text_of(r).await;
@@ -353,10 +346,7 @@ async fn tool_use_round_trips_with_long_names_restored() {
             {"role": "user", "content": [
                 {"type": "tool_result", "tool_use_id": tool_id, "content": "sunny and warm"}]},
         ]);
-        let r = claude_post(&h, "/v1/messages", &second)
-            .send()
-            .await
-            .unwrap();
+        let r = send_claude(&h, "/v1/messages", &second).await;
         assert_eq!(r.status(), 200);
         let text = if stream {
             let body = text_of(r).await;
@@ -399,10 +389,7 @@ async fn count_tokens_is_answered_locally() {
         "system": "You are terse.",
         "messages": [{"role": "user", "content": "How many tokens is this sentence?"}],
     });
-    let r = claude_post(&h, "/v1/messages/count_tokens?beta=true", &body)
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "/v1/messages/count_tokens?beta=true", &body).await;
     assert_eq!(r.status(), 200);
     let id = request_id(&r);
     let v: Value = r.json().await.unwrap();
@@ -570,10 +557,7 @@ async fn an_exhausted_pool_answers_rate_limit_error_with_retry_after() {
     })
     .await;
     for stream in [false, true] {
-        let r = claude_post(&h, "/v1/messages", &message_body("hi", stream, "u"))
-            .send()
-            .await
-            .unwrap();
+        let r = send_claude(&h, "/v1/messages", &message_body("hi", stream, "u")).await;
         assert_eq!(r.status(), 429);
         let retry: u64 = r.headers()["retry-after"]
             .to_str()
@@ -601,10 +585,7 @@ async fn an_exhausted_pool_answers_rate_limit_error_with_retry_after() {
             },
         );
     }
-    let r = claude_post(&h, "/v1/messages", &message_body("hi", false, "u"))
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "/v1/messages", &message_body("hi", false, "u")).await;
     assert_eq!(r.status(), 429);
     let retry: u64 = r.headers()["retry-after"]
         .to_str()
@@ -632,10 +613,7 @@ async fn only_codex_accounts_serve_messages() {
         )
     })
     .await;
-    let r = claude_post(&h, "/v1/messages", &message_body("who serves", false, "u"))
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "/v1/messages", &message_body("who serves", false, "u")).await;
     assert_eq!(r.status(), 200);
     let log = h.log(&request_id(&r)).await;
     assert_eq!(log.account_id.as_deref(), Some("acc_codex"));
@@ -656,10 +634,7 @@ async fn only_codex_accounts_serve_messages() {
         )
     })
     .await;
-    let r = claude_post(&h, "/v1/messages", &message_body("nobody", true, "u"))
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "/v1/messages", &message_body("nobody", true, "u")).await;
     assert_eq!(r.status(), 503);
     let id = request_id(&r);
     assert_anthropic_error(&r.json().await.unwrap(), "overloaded_error");
@@ -680,10 +655,7 @@ async fn messages_fail_over_before_the_first_byte() {
         }
         .times(1),
     );
-    let r = claude_post(&h, "/v1/messages", &message_body("fail over", true, "u"))
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "/v1/messages", &message_body("fail over", true, "u")).await;
     assert_eq!(r.status(), 200);
     let id = request_id(&r);
     let body = text_of(r).await;
@@ -714,10 +686,7 @@ async fn messages_fail_over_before_the_first_byte() {
         }
         .times(1),
     );
-    let r = claude_post(&h2, "/v1/messages", &message_body("again", false, "u"))
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h2, "/v1/messages", &message_body("again", false, "u")).await;
     assert_eq!(r.status(), 200);
     let id = request_id(&r);
     let v: Value = r.json().await.unwrap();
@@ -748,10 +717,7 @@ async fn a_failure_after_content_ends_with_an_error_event_and_cools_the_account(
         }
         .times(1),
     );
-    let r = claude_post(&h, "/v1/messages", &message_body("partial", true, "u"))
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "/v1/messages", &message_body("partial", true, "u")).await;
     assert_eq!(r.status(), 200);
     let id = request_id(&r);
     let body = text_of(r).await;
@@ -777,10 +743,7 @@ async fn a_failure_after_content_ends_with_an_error_event_and_cools_the_account(
         .await;
     assert!(found, "{:?}", h.sink.observations());
     // Cooled at once: the next message goes to acc_1.
-    let r = claude_post(&h, "/v1/messages", &message_body("next", false, "u"))
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "/v1/messages", &message_body("next", false, "u")).await;
     let log = h.log(&request_id(&r)).await;
     assert_eq!(log.account_id.as_deref(), Some("acc_1"));
     h.stop().await;
@@ -800,10 +763,7 @@ async fn silence_mid_stream_is_filled_with_pings() {
         }
         .times(1),
     );
-    let r = claude_post(&h, "/v1/messages", &message_body("slow", true, "u"))
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "/v1/messages", &message_body("slow", true, "u")).await;
     assert_eq!(r.status(), 200);
     let body = text_of(r).await;
     let events = sse_events(&body);
@@ -840,7 +800,7 @@ async fn the_same_user_id_keeps_to_one_account() {
         let mut accounts = HashSet::new();
         let mut keys = HashSet::new();
         for turn in 0..3 {
-            let r = claude_post(
+            let r = send_claude(
                 &h,
                 "/v1/messages",
                 &message_body(
@@ -849,9 +809,7 @@ async fn the_same_user_id_keeps_to_one_account() {
                     &format!("session-{user}"),
                 ),
             )
-            .send()
-            .await
-            .unwrap();
+            .await;
             assert_eq!(r.status(), 200);
             let id = request_id(&r);
             let _ = text_of(r).await;
@@ -877,10 +835,7 @@ async fn thinking_blocks_carry_reasoning_to_the_next_turn_and_not_across_account
     let h = codex_pool(2, test_config()).await;
     let mut first = message_body("think about it", false, "thinker");
     first["thinking"] = json!({"type": "enabled", "budget_tokens": 10000});
-    let r = claude_post(&h, "/v1/messages", &first)
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "/v1/messages", &first).await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     let blocks = v["content"].as_array().unwrap().clone();
@@ -918,10 +873,7 @@ async fn thinking_blocks_carry_reasoning_to_the_next_turn_and_not_across_account
         {"role": "assistant", "content": blocks},
         {"role": "user", "content": "and now?"},
     ]);
-    let r = claude_post(&h, "/v1/messages", &second)
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "/v1/messages", &second).await;
     assert_eq!(r.status(), 200);
     let log = h.log(&request_id(&r)).await;
     assert_eq!(log.account_id.as_deref(), Some("acc_0"));
@@ -949,10 +901,7 @@ async fn thinking_blocks_carry_reasoning_to_the_next_turn_and_not_across_account
         }
         .times(1),
     );
-    let r = claude_post(&h, "/v1/messages", &second)
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "/v1/messages", &second).await;
     assert_eq!(r.status(), 200);
     let id = request_id(&r);
     let v: Value = r.json().await.unwrap();
@@ -992,17 +941,9 @@ async fn an_upstream_refusal_is_restated_for_anthropic_clients() {
     })
     .await;
     for stream in [false, true] {
-        let r = claude_post(&h, "/v1/messages", &message_body("refused", stream, "u"))
-            .send()
-            .await
-            .unwrap();
+        let r = send_claude(&h, "/v1/messages", &message_body("refused", stream, "u")).await;
         assert_eq!(r.status(), 400);
-        assert!(
-            r.headers()["content-type"]
-                .to_str()
-                .unwrap()
-                .starts_with("application/json")
-        );
+        assert_content_type(&r, "application/json");
         let id = request_id(&r);
         let v: Value = r.json().await.unwrap();
         assert_anthropic_error(&v, "invalid_request_error");
