@@ -763,6 +763,17 @@ class ChartTest(Checks):
         self.assertEqual(env["POOLGATE_LEASE_NAME"]["value"], f"{RELEASE}-poolgate-control-leader")
         self.assertEqual(ctl["spec"]["replicas"], 2)
 
+    def test_anthropic_default_model_reaches_the_gateway(self):
+        def gateway_env(values):
+            gw = one(objects(render(values)), "Deployment", f"{RELEASE}-poolgate-gateway")
+            return env_map(container(gw, "gateway"))
+
+        self.assertNotIn("POOLGATE_ANTHROPIC_DEFAULT_MODEL", gateway_env(None))
+        env = gateway_env({"gateway": {"anthropicDefaultModel": "gpt-5-codex"}})
+        self.assertEqual(env["POOLGATE_ANTHROPIC_DEFAULT_MODEL"]["value"], "gpt-5-codex")
+        with self.assertRaises(helm_python.HelmValuesError):
+            render_raw({"gateway": {"anthropicDefaultModel": "two words"}})
+
     def test_network_policies(self):
         self.check_network_policy(
             objects(self.default), f"{RELEASE}-poolgate", gateway_from_anywhere=True
