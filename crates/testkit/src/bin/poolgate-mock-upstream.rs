@@ -50,17 +50,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         delta_delay_ms: args.delta_delay_ms,
         ..MockConfig::default()
     };
+    use tokio::signal::unix::{SignalKind, signal};
+    // Handlers first: whoever reads the address below may signal at once, and a signal that
+    // arrives before they exist kills the process instead of stopping it cleanly.
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mock = MockUpstream::start_with(config).await?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {}", mock.url()).context("cannot write to stdout")?;
         out.flush().context("cannot write to stdout")?;
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot watch SIGTERM")?;
     tokio::select! {
         _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
+        _ = int.recv() => {}
     }
     mock.shutdown().await;
     Ok(())
