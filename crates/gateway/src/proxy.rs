@@ -968,6 +968,22 @@ impl Call {
         final_failure(fin, &failures)
     }
 
+    /// An in-stream failure before anything reached the client: noted, then the next
+    /// candidate.
+    fn fail_over(
+        &self,
+        state: &AccountState,
+        cell: &HealthCell,
+        f: &StreamFailure,
+        status: u16,
+        elapsed: Duration,
+        mut fin: Finish,
+    ) -> Step {
+        let failure = Failure::Upstream(f.outcome);
+        self.note_failure(state, cell, failure, status, elapsed, &mut fin, &f.detail());
+        Step::Next(failure, Box::new(fin))
+    }
+
     /// Notes a failed attempt: health, cooldown, observation for the control plane, log.
     #[allow(clippy::too_many_arguments)]
     fn note_failure(
@@ -1041,11 +1057,7 @@ impl Call {
             if let Some(c) = cooldown {
                 gw.metrics.cooldown(c.reason.as_str());
             }
-            let detail = format!(
-                "{}: {}",
-                f.code.as_deref().unwrap_or(&f.event_type),
-                f.message
-            );
+            let detail = f.detail();
             if let Some(kind) = observation_kind(Failure::Upstream(f.outcome), cooldown, now) {
                 gw.reporter.observe(Observation {
                     account_id: state.account.id.clone(),
@@ -1234,21 +1246,7 @@ impl Call {
                         Step::Done(r)
                     }
                     Preflight::Failed(f) => {
-                        let detail = format!(
-                            "{}: {}",
-                            f.code.as_deref().unwrap_or(&f.event_type),
-                            f.message
-                        );
-                        self.note_failure(
-                            state,
-                            cell,
-                            Failure::Upstream(f.outcome),
-                            status,
-                            started.elapsed(),
-                            &mut fin,
-                            &detail,
-                        );
-                        Step::Next(Failure::Upstream(f.outcome), Box::new(fin))
+                        self.fail_over(state, cell, &f, status, started.elapsed(), fin)
                     }
                     Preflight::Broken(e) => {
                         let detail = e.to_string();
@@ -1293,21 +1291,7 @@ impl Call {
                         Step::Done(r)
                     }
                     Aggregated::Failed(f) if f.outcome.should_failover() => {
-                        let detail = format!(
-                            "{}: {}",
-                            f.code.as_deref().unwrap_or(&f.event_type),
-                            f.message
-                        );
-                        self.note_failure(
-                            state,
-                            cell,
-                            Failure::Upstream(f.outcome),
-                            status,
-                            started.elapsed(),
-                            &mut fin,
-                            &detail,
-                        );
-                        Step::Next(Failure::Upstream(f.outcome), Box::new(fin))
+                        self.fail_over(state, cell, &f, status, started.elapsed(), fin)
                     }
                     Aggregated::Failed(f) => {
                         // The upstream refused the request itself: the client's to fix.

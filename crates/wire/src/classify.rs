@@ -223,6 +223,15 @@ pub struct StreamFailure {
 }
 
 impl StreamFailure {
+    /// `code: message` (the event type when there is no code), for logs and reports.
+    pub fn detail(&self) -> String {
+        format!(
+            "{}: {}",
+            self.code.as_deref().unwrap_or(&self.event_type),
+            self.message
+        )
+    }
+
     /// Builds the failure from a failure event's JSON (see [`stream_error_object`]).
     pub fn from_event(event_type: &str, v: Option<&Value>, now_ms: UnixMillis) -> Self {
         let err = v.and_then(stream_error_object);
