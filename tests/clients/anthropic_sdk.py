@@ -163,7 +163,15 @@ def main():
         out = fn(client, model, prompt)
         out["prompt"] = prompt
         results[name] = out
-    json.dump({"anthropic_version": anthropic.__version__, "results": results}, sys.stdout)
+    json.dump(
+        {
+            "anthropic_version": anthropic.__version__,
+            # The anthropic-version header the SDK sends with every request.
+            "api_version": by_api_key.default_headers.get("anthropic-version"),
+            "results": results,
+        },
+        sys.stdout,
+    )
     sys.stdout.write("\n")
 
 

@@ -576,6 +576,41 @@ fn standalone_admin_flow_survives_restart_without_leaking_secrets() {
         .unwrap();
     assert_eq!(policy["strategy"], "balanced");
     assert_eq!(policy["cooldown_429_secs"], json!([30, 120, 3600]));
+    // Model aliases: replaced in the order given, shown as the flag takes them, cleared.
+    let policy = admin
+        .json(&[
+            "set",
+            "policy",
+            "--model-alias",
+            "claude-*haiku*=gpt-5-mini",
+            "--model-alias",
+            "claude-*=gpt-5",
+        ])
+        .unwrap();
+    assert_eq!(
+        policy["model_aliases"],
+        json!([
+            {"from": "claude-*haiku*", "to": "gpt-5-mini"},
+            {"from": "claude-*", "to": "gpt-5"}
+        ])
+    );
+    assert_eq!(policy["strategy"], "balanced", "other fields stay");
+    let table = admin.ok(&["get", "policy"]).unwrap();
+    assert!(
+        table
+            .stdout
+            .contains("model-alias            claude-*haiku*=gpt-5-mini\n"),
+        "{table}"
+    );
+    let out = admin
+        .run(&["set", "policy", "--model-alias", "claude-*=gpt 5"])
+        .unwrap();
+    assert_eq!(out.code, Some(1), "{out}");
+    assert!(out.stderr.contains("model_aliases"), "{out}");
+    let policy = admin
+        .json(&["set", "policy", "--clear-model-aliases"])
+        .unwrap();
+    assert_eq!(policy["model_aliases"], json!([]));
     let usage = admin.json(&["get", "usage"]).unwrap();
     assert_eq!(ids_of(&usage, "account_id"), all_accounts);
     assert_eq!(admin.json(&["logs", "--since", "1h"]).unwrap(), json!([]));
@@ -739,6 +774,7 @@ fn poolctl_usage_errors_exit_2_without_calling_the_server() {
         &["update", "account", "acc_1"],
         &["create", "account", "--provider", "gemini", "--name", "x"],
         &["set", "policy", "--cooldown-429", "5m,soon"],
+        &["set", "policy", "--model-alias", "claude-*"],
         &["logs", "--limit", "0"],
     ] {
         let out = ctl.run(args).unwrap();

@@ -6,7 +6,9 @@
 mod common;
 
 use common::{Harness, admin, auth_json, authed};
-use poolgate_core::{Attempt, ErrorClass, ManagedBy, RequestLog, UsageSnapshot, UsageWindow};
+use poolgate_core::{
+    Attempt, ErrorClass, ManagedBy, RequestLog, Translation, UsageSnapshot, UsageWindow,
+};
 use poolgate_proto::v1 as pb;
 use tonic::Code;
 
@@ -1107,6 +1109,8 @@ fn log(
         ttfb_ms: Some(3),
         duration_ms: 9,
         node: "gw-1".into(),
+        translation: Translation::None,
+        upstream_model: None,
     }
 }
 
@@ -1126,14 +1130,19 @@ async fn logs_usage_and_policy() {
                 429,
                 Some(ErrorClass::RateLimited),
             ),
-            log(
-                "r3",
-                now - 1000,
-                "acc_b",
-                "gpt-4o",
-                502,
-                Some(ErrorClass::Upstream5xx),
-            ),
+            RequestLog {
+                protocol: "anthropic_messages".into(),
+                translation: Translation::MessagesToResponses,
+                upstream_model: Some("gpt-5-mini".into()),
+                ..log(
+                    "r3",
+                    now - 1000,
+                    "acc_b",
+                    "claude-haiku-4-5",
+                    502,
+                    Some(ErrorClass::Upstream5xx),
+                )
+            },
         ])
         .await
         .unwrap();
@@ -1147,6 +1156,22 @@ async fn logs_usage_and_policy() {
         ["r3", "r2", "r1"]
     );
     assert_eq!(all.logs[1].attempts[0].error_class, "rate_limited");
+    let translated = &all.logs[0];
+    assert_eq!(
+        (
+            translated.model.as_str(),
+            translated.translation.as_str(),
+            translated.upstream_model.as_str()
+        ),
+        ("claude-haiku-4-5", "messages_to_responses", "gpt-5-mini")
+    );
+    assert_eq!(
+        (
+            all.logs[1].translation.as_str(),
+            all.logs[1].upstream_model.as_str()
+        ),
+        ("none", "")
+    );
     let f = pb::LogFilter {
         status_class: "4xx".into(),
         ..Default::default()
@@ -1268,8 +1293,19 @@ async fn logs_usage_and_policy() {
         .unwrap()
         .into_inner();
     assert_eq!(p.strategy, "ordered");
+    assert!(p.model_aliases.is_empty());
     p.strategy = "balanced".into();
     p.p2c_window = 4;
+    p.model_aliases = vec![
+        pb::ModelAlias {
+            from: "claude-*haiku*".into(),
+            to: "gpt-5-mini".into(),
+        },
+        pb::ModelAlias {
+            from: "claude-*".into(),
+            to: "gpt-5".into(),
+        },
+    ];
     let set = c
         .set_routing_policy(admin(pb::SetRoutingPolicyRequest {
             policy: Some(p.clone()),
@@ -1293,6 +1329,18 @@ async fn logs_usage_and_policy() {
         .await
         .unwrap_err();
     assert!(e.message().contains("ordered, balanced"), "{}", e.message());
+    let mut bad = p.clone();
+    bad.model_aliases[1].to = "gpt 5".into();
+    let e = c
+        .set_routing_policy(admin(pb::SetRoutingPolicyRequest { policy: Some(bad) }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("model_aliases") && e.message().contains("[1].to"),
+        "{}",
+        e.message()
+    );
     let e = c
         .set_routing_policy(admin(pb::SetRoutingPolicyRequest { policy: None }))
         .await

@@ -33,6 +33,8 @@ fn old_log(id: &str, ts_ms: i64) -> RequestLog {
         ttfb_ms: None,
         duration_ms: 1,
         node: "gw".into(),
+        translation: Default::default(),
+        upstream_model: None,
     }
 }
 

@@ -247,6 +247,8 @@ fn old_log(id: &str, ts: i64) -> RequestLog {
         ttfb_ms: None,
         duration_ms: 1,
         node: "gw".into(),
+        translation: Default::default(),
+        upstream_model: None,
     }
 }
 

@@ -9,10 +9,10 @@ pub const CODEX_DEFAULT_BASE_URL: &str = "https://chatgpt.com/backend-api/codex"
 pub const DEFAULT_GROUP: &str = "default";
 
 macro_rules! string_enum {
-    ($(#[$m:meta])* $name:ident, $field:literal { $($variant:ident => $s:literal $(| $alias:literal)*),+ $(,)? }) => {
+    ($(#[$m:meta])* $name:ident, $field:literal { $($(#[$vm:meta])* $variant:ident => $s:literal $(| $alias:literal)*),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $($(#[$vm])* $variant),+ }
 
         // Serialised as the same strings the API and the database use.
         impl ::serde::Serialize for $name {

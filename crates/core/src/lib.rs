@@ -27,8 +27,9 @@ pub use error::Error;
 pub use key::{AdminRole, AdminToken, KeyPatch, KeySpec, KeyStatus, PlatformKey, ReasoningEffort};
 pub use log::{
     Attempt, AuditEvent, ErrorClass, LogFilter, LogSummary, RequestLog, StatusClass, SummaryRow,
+    Translation,
 };
-pub use policy::{QuotaGuard, RoutingPolicy, Strategy};
+pub use policy::{ModelAlias, QuotaGuard, RoutingPolicy, Strategy};
 pub use secret::Secret;
 pub use usage::{Availability, ExtraLimit, UsageSnapshot, UsageWindow};
 

@@ -22,6 +22,18 @@ string_enum!(
     }
 );
 
+string_enum!(
+    /// How the gateway spoke to the upstream that answered: the client's protocol as is, or
+    /// translated into the upstream's.
+    #[derive(Default)]
+    Translation, "translation" {
+        #[default]
+        None => "none",
+        ChatToResponses => "chat_to_responses",
+        MessagesToResponses => "messages_to_responses",
+    }
+);
+
 /// One try against one upstream account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -46,6 +58,14 @@ pub struct RequestLog {
     pub model: Option<String>,
     /// Inbound protocol, e.g. `openai_responses`, `openai_chat`, `anthropic_messages`.
     pub protocol: String,
+    /// How the final attempt's upstream was spoken to. Defaulted (as are the fields below)
+    /// so records written before it existed still read.
+    #[serde(default)]
+    pub translation: Translation,
+    /// The model the upstream was asked for, when it differs from `model` (a Claude name
+    /// served as `gpt-5`, an alias, a key's model override).
+    #[serde(default)]
+    pub upstream_model: Option<String>,
     pub status: u16,
     pub error_class: Option<ErrorClass>,
     pub input_tokens: u64,
@@ -201,6 +221,39 @@ mod tests {
         assert_eq!(StatusClass::parse("2").unwrap().digit(), 2);
         assert!(StatusClass::parse("7xx").is_err());
         assert!(StatusClass::parse("oops").is_err());
+    }
+
+    #[test]
+    fn translation_names_and_old_records() {
+        assert_eq!(Translation::default(), Translation::None);
+        for t in Translation::ALL {
+            assert_eq!(t.as_str().parse::<Translation>().unwrap(), *t);
+        }
+        assert_eq!(
+            "messages-to-responses".parse::<Translation>().unwrap(),
+            Translation::MessagesToResponses
+        );
+        assert!("smoke_signals".parse::<Translation>().is_err());
+        // A record serialised before the fields existed reads with their defaults.
+        let old = r#"{"id":"req_1","ts_ms":1,"key_id":null,"account_id":null,"attempts":[],
+            "method":"POST","path":"/v1/responses","model":"gpt-5","protocol":"openai_responses",
+            "status":200,"error_class":null,"input_tokens":0,"cached_input_tokens":0,
+            "output_tokens":0,"reasoning_tokens":0,"ttfb_ms":null,"duration_ms":5,"node":"gw"}"#;
+        let r: RequestLog = serde_json::from_str(old).unwrap();
+        assert_eq!(r.translation, Translation::None);
+        assert_eq!(r.upstream_model, None);
+        let new = RequestLog {
+            translation: Translation::MessagesToResponses,
+            upstream_model: Some("gpt-5".into()),
+            model: Some("claude-opus-4-1".into()),
+            ..r
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        assert!(
+            json.contains(r#""translation":"messages_to_responses""#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<RequestLog>(&json).unwrap(), new);
     }
 
     #[test]

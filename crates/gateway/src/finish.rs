@@ -116,7 +116,8 @@ impl Finish {
             self.span.record("error.type", e.as_str());
         }
         let protocol = protocol_label(&log.protocol);
-        self.metrics.request(self.route, log.status, protocol);
+        self.metrics
+            .request(self.route, log.status, protocol, log.translation.as_str());
         tracing::debug!(
             request_id = %log.id,
             status = log.status,
@@ -167,6 +168,8 @@ fn empty_log() -> RequestLog {
         reasoning_tokens: 0,
         ttfb_ms: None,
         duration_ms: 0,
+        translation: poolgate_core::Translation::None,
+        upstream_model: None,
         node: String::new(),
     }
 }

@@ -16,6 +16,8 @@ struct RequestLabels {
     route: &'static str,
     status: u16,
     protocol: &'static str,
+    /// How the upstream was spoken to: `none`, `chat_to_responses`, `messages_to_responses`.
+    translation: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -190,12 +192,19 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn request(&self, route: &'static str, status: u16, protocol: &'static str) {
+    pub(crate) fn request(
+        &self,
+        route: &'static str,
+        status: u16,
+        protocol: &'static str,
+        translation: &'static str,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 route,
                 status,
                 protocol,
+                translation,
             })
             .inc();
     }
@@ -298,7 +307,7 @@ mod tests {
     #[test]
     fn exposition_has_the_families() {
         let m = Metrics::new();
-        m.request("responses", 200, "openai_responses");
+        m.request("responses", 200, "openai_responses", "none");
         m.attempt("codex", "success");
         m.failover("rate_limited");
         m.skip("cooldown");
@@ -308,7 +317,7 @@ mod tests {
         m.report_dropped(3);
         let text = m.encode().unwrap();
         for needle in [
-            "poolgate_gateway_requests_total{route=\"responses\",status=\"200\",protocol=\"openai_responses\"} 1",
+            "poolgate_gateway_requests_total{route=\"responses\",status=\"200\",protocol=\"openai_responses\",translation=\"none\"} 1",
             "poolgate_gateway_upstream_attempts_total{provider=\"codex\",outcome=\"success\"} 1",
             "poolgate_gateway_failovers_total{reason=\"rate_limited\"} 1",
             "poolgate_gateway_candidate_skips_total{reason=\"cooldown\"} 1",

@@ -12,8 +12,8 @@ use hyper::body::Incoming;
 use poolgate_core::report::{Observation, ObservationKind};
 use poolgate_core::snapshot::AccountState;
 use poolgate_core::snapshot::KeyGrant;
-use poolgate_core::{Attempt, ErrorClass, Provider, glob};
-use poolgate_routing::{Cooldown, NoRoute, ProviderSet, RouteRequest, SplitMix64};
+use poolgate_core::{Attempt, ErrorClass, Provider, Translation, glob};
+use poolgate_routing::{Cooldown, NoRoute, ProviderSet, RouteRequest, SplitMix64, Translated};
 use poolgate_upstream::{BodyStream, Endpoint, UpstreamClient, UpstreamError, UpstreamRequest};
 use poolgate_wire::anthropic::{
     MessagesConversion, MessagesReplyOptions, MessagesStreamTranslator,
@@ -125,6 +125,17 @@ impl Route {
             Route::Messages => "anthropic_messages",
             Route::CountTokens => "anthropic_count_tokens",
             _ => "other",
+        }
+    }
+
+    /// The providers whose accounts can serve the route, natively or by translation.
+    fn providers(self) -> ProviderSet {
+        match self {
+            // Codex by translation to Responses; Anthropic natively.
+            Route::Messages => ProviderSet::of(&[Provider::Codex, Provider::Anthropic]),
+            // Azure OpenAI has no compact endpoint.
+            Route::Compact => ProviderSet::of(&[Provider::Codex, Provider::OpenAi]),
+            _ => ProviderSet::of(&[Provider::Codex, Provider::OpenAi, Provider::AzureOpenAi]),
         }
     }
 
@@ -292,7 +303,7 @@ async fn api_inner(
         }
     };
     if matches!(route, Route::Messages | Route::CountTokens) {
-        return messages(gw, view, key, parts.headers, &body, route, fin).await;
+        return messages(gw, view, key, parts.headers, body, route, fin).await;
     }
     let Some(peek) = Peek::parse(&body) else {
         return fail(
@@ -332,15 +343,26 @@ async fn api_inner(
     fin.span.record("gen_ai.request.model", model.as_str());
     let stream = route != Route::Compact && peek.stream.unwrap_or(false);
     let extra_headers = telemetry::propagation_headers(&fin.span);
+    // A policy alias names the model Codex accounts are asked for instead (a key's override
+    // is final and has none).
+    let codex_model = key
+        .model_override
+        .is_none()
+        .then(|| view.router.policy().resolve_alias(&model))
+        .flatten()
+        .filter(|m| *m != model)
+        .map(str::to_string);
     let call = Call {
         gw,
         view,
         key,
         route,
+        providers: route.providers(),
         headers: parts.headers,
         body,
         peek,
         model,
+        codex_model,
         stream,
         json: None,
         chat: None,
@@ -351,12 +373,21 @@ async fn api_inner(
     call.run(fin).await
 }
 
-/// The Codex model a Messages request is served with: the key's override; else, for a
-/// Claude model name, the gateway's configured default (`--anthropic-default-model`); else
-/// the name as given (a client may ask for a Codex model through the Messages API).
-fn messages_model(requested: &str, key: &KeyGrant, default_model: &str) -> String {
+/// The Codex model a Messages request is served with: the key's override; else the routing
+/// policy's first matching alias; else, for a Claude model name, the gateway's configured
+/// default (`--anthropic-default-model`); else the name as given (a client may ask for a
+/// Codex model through the Messages API).
+fn messages_codex_model(
+    requested: &str,
+    key: &KeyGrant,
+    policy: &poolgate_core::RoutingPolicy,
+    default_model: &str,
+) -> String {
     if let Some(m) = &key.model_override {
         return m.clone();
+    }
+    if let Some(m) = policy.resolve_alias(requested) {
+        return m.to_string();
     }
     let is_claude = requested
         .get(..6)
@@ -375,11 +406,11 @@ async fn messages(
     view: Arc<View>,
     key: Arc<KeyGrant>,
     headers: HeaderMap,
-    body: &[u8],
+    body: Bytes,
     route: Route,
     mut fin: Finish,
 ) -> Response<Body> {
-    let req = match parse_messages_request(body) {
+    let req = match parse_messages_request(&body) {
         Ok(r) => r,
         Err(e) => {
             return fail(
@@ -410,15 +441,31 @@ async fn messages(
             Some(ErrorClass::ClientError),
         );
     }
-    let model = messages_model(&requested, &key, &gw.cfg.anthropic_default_model);
-    // With an override only the override counts, as on every other route; otherwise either
-    // the Claude name the client chose or the Codex model that serves it may be allowed.
-    let allowed = if key.model_override.is_some() {
-        glob::allowed(&key.allowed_models, &model)
-    } else {
-        glob::allowed(&key.allowed_models, &requested) || glob::allowed(&key.allowed_models, &model)
-    };
-    if !allowed {
+    // Anthropic accounts get the client's model (or the key's override); Codex accounts the
+    // model it maps to.
+    let native = key
+        .model_override
+        .clone()
+        .unwrap_or_else(|| requested.clone());
+    let codex = messages_codex_model(
+        &requested,
+        &key,
+        view.router.policy(),
+        &gw.cfg.anthropic_default_model,
+    );
+    // The key's allowed models apply to what each provider is asked for: a key that allows
+    // only the Codex model never reaches an Anthropic account with the Claude name, and the
+    // other way round.
+    let mut providers = ProviderSet::empty();
+    if glob::allowed(&key.allowed_models, &native) {
+        providers = providers.with(Provider::Anthropic);
+    }
+    if glob::allowed(&key.allowed_models, &codex)
+        || (key.model_override.is_none() && glob::allowed(&key.allowed_models, &requested))
+    {
+        providers = providers.with(Provider::Codex);
+    }
+    if providers == ProviderSet::empty() {
         return fail(
             fin,
             403,
@@ -429,7 +476,7 @@ async fn messages(
     }
     // Claude-style clients send no conversation anchor: derive one per key, user and model.
     let anchor = claude_anchor(&key.id, req.user_id(), &requested);
-    let conv = match messages_to_responses_request(&req, &model, Some(&anchor)) {
+    let conv = match messages_to_responses_request(&req, &codex, Some(&anchor)) {
         Ok(c) => c,
         Err(e) => {
             return fail(
@@ -441,19 +488,26 @@ async fn messages(
             );
         }
     };
-    fin.log.model = Some(model.clone());
-    fin.span.record("gen_ai.request.model", model.as_str());
+    fin.log.model = Some(native.clone());
+    fin.span.record("gen_ai.request.model", native.as_str());
     let extra_headers = telemetry::propagation_headers(&fin.span);
+    let peek = Peek {
+        model: Some(requested),
+        ..Peek::default()
+    };
+    let codex_model = (codex != native).then_some(codex);
     let call = Call {
         gw,
         view,
         key,
         route,
+        providers,
         headers,
-        // Every attempt builds from the conversion; the original bytes need not live on.
-        body: Bytes::new(),
-        peek: Peek::default(),
-        model,
+        // Codex attempts build from the conversion, Anthropic ones send these bytes.
+        body,
+        peek,
+        model: native,
+        codex_model,
         stream: conv.stream,
         json: None,
         chat: None,
@@ -617,10 +671,16 @@ struct Call {
     view: Arc<View>,
     key: Arc<KeyGrant>,
     route: Route,
+    /// The providers that may serve this request (the route's, narrowed by the key).
+    providers: ProviderSet,
     headers: HeaderMap,
     body: Bytes,
     peek: Peek,
+    /// The client's model after the key's override: what native providers are asked for.
     model: String,
+    /// What Codex accounts are asked for instead, when it differs (an alias or the Claude
+    /// default).
+    codex_model: Option<String>,
     stream: bool,
     /// The body as JSON, parsed once on the first Codex attempt.
     json: Option<Value>,
@@ -691,20 +751,27 @@ impl Call {
     }
 
     /// The original bytes, unless the key overrides the model or the reasoning effort;
-    /// only then is the body parsed and written again.
+    /// only then is the body parsed and written again. Cached: OpenAI and Anthropic
+    /// attempts all send the same bytes.
     fn openai_body(&mut self) -> Result<Bytes, String> {
         if let Some(b) = &self.openai_body {
             return Ok(b.clone());
         }
-        let override_model = self
+        let body = self.body_with_model(self.key.model_override.clone())?;
+        self.openai_body = Some(body.clone());
+        Ok(body)
+    }
+
+    /// The client's body with `model` (when given and different) and the key's reasoning
+    /// effort (on the OpenAI routes) written in.
+    fn body_with_model(&mut self, model: Option<String>) -> Result<Bytes, String> {
+        let override_model = model.filter(|m| self.peek.model.as_ref() != Some(m));
+        let effort = self
             .key
-            .model_override
-            .as_ref()
-            .filter(|m| self.peek.model.as_ref() != Some(*m))
-            .cloned();
-        let effort = self.key.reasoning_effort;
-        let body = if override_model.is_none() && effort.is_none() {
-            self.body.clone()
+            .reasoning_effort
+            .filter(|_| self.route != Route::Messages);
+        if override_model.is_none() && effort.is_none() {
+            Ok(self.body.clone())
         } else {
             let mut v = self.json()?;
             if let Some(obj) = v.as_object_mut() {
@@ -727,10 +794,29 @@ impl Call {
                     }
                 }
             }
-            Bytes::from(serde_json::to_vec(&v).map_err(|e| e.to_string())?)
-        };
-        self.openai_body = Some(body.clone());
-        Ok(body)
+            Ok(Bytes::from(
+                serde_json::to_vec(&v).map_err(|e| e.to_string())?,
+            ))
+        }
+    }
+
+    /// The model an account of `provider` is asked for.
+    fn upstream_model<'s>(&'s self, state: &'s AccountState) -> &'s str {
+        match state.account.spec.provider {
+            Provider::Codex => self
+                .key
+                .model_override
+                .as_deref()
+                .or(self.codex_model.as_deref())
+                .unwrap_or(&self.model),
+            Provider::AzureOpenAi => state
+                .account
+                .spec
+                .azure
+                .as_ref()
+                .map_or(self.model.as_str(), |a| a.deployment.as_str()),
+            Provider::OpenAi | Provider::Anthropic => &self.model,
+        }
     }
 
     fn codex_options(&self, account_id: &str, failover: bool) -> CodexRequestOptions {
@@ -739,7 +825,11 @@ impl Call {
             prompt_cache_key: self.session_anchor(),
             force_prompt_cache_key: false,
             failover,
-            model_override: self.key.model_override.clone(),
+            model_override: self
+                .key
+                .model_override
+                .clone()
+                .or_else(|| self.codex_model.clone()),
             reasoning_effort_override: self.key.reasoning_effort,
             compact: self.route == Route::Compact,
         }
@@ -820,6 +910,26 @@ impl Call {
                     stream: self.stream,
                 })
             }
+            // Chat names the deployment in the URL; the body's model is left as sent.
+            (Provider::AzureOpenAi, Route::Chat) => Ok(Built {
+                endpoint: Endpoint::ChatCompletions,
+                body: self.openai_body()?,
+                stream: self.stream,
+            }),
+            // The Responses API reads the deployment from the body's `model`.
+            (Provider::AzureOpenAi, Route::Responses) => {
+                let deployment = self.upstream_model(state).to_string();
+                Ok(Built {
+                    endpoint: Endpoint::Responses,
+                    body: self.body_with_model(Some(deployment))?,
+                    stream: self.stream,
+                })
+            }
+            (Provider::Anthropic, Route::Messages) => Ok(Built {
+                endpoint: Endpoint::Messages,
+                body: self.openai_body()?,
+                stream: self.stream,
+            }),
             (p, _) => Err(format!("{p} accounts cannot serve this endpoint")),
         }
     }
@@ -859,10 +969,10 @@ impl Call {
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|c| c.to_ascii_lowercase().starts_with(EVENT_STREAM));
                 if sse {
-                    let dialect = if route == Route::Chat {
-                        Dialect::Chat
-                    } else {
-                        Dialect::Responses
+                    let dialect = match route {
+                        Route::Chat => Dialect::Chat,
+                        Route::Messages => Dialect::Anthropic,
+                        _ => Dialect::Responses,
                     };
                     Delivery::Stream(Mode::Sse(dialect))
                 } else {
@@ -887,17 +997,14 @@ impl Call {
     async fn run(mut self, fin: Finish) -> Response<Body> {
         let view = self.view.clone();
         let anchor = self.anchor().map(|a| format!("{}:{a}", self.key.id));
-        // Only Codex accounts can serve Messages (by translation); OpenAI-key accounts
-        // speak neither Messages nor the translation's Codex dialect.
-        let providers = if self.route == Route::Messages {
-            ProviderSet::of(&[Provider::Codex])
-        } else {
-            ProviderSet::of(&[Provider::Codex, Provider::OpenAi])
-        };
         let req = RouteRequest {
             model: &self.model,
+            translated: self.codex_model.as_deref().map(|m| Translated {
+                providers: ProviderSet::of(&[Provider::Codex]),
+                model: m,
+            }),
             allowed_groups: &self.key.account_groups,
-            providers,
+            providers: self.providers,
             anchor: anchor.as_deref(),
             key_id: &self.key.id,
         };
@@ -1122,6 +1229,14 @@ impl Call {
                 ));
             }
         };
+        // The final attempt's figures stay in the request log.
+        fin.log.translation = match (provider, self.route) {
+            (Provider::Codex, Route::Chat) => Translation::ChatToResponses,
+            (Provider::Codex, Route::Messages) => Translation::MessagesToResponses,
+            _ => Translation::None,
+        };
+        let upstream_model = self.upstream_model(state);
+        fin.log.upstream_model = (upstream_model != self.model).then(|| upstream_model.to_string());
         // Only Codex requests carry session ids; other attempts skip the allocation.
         let fresh_id = if provider == Provider::Codex {
             uuid_v4()
@@ -1411,6 +1526,12 @@ impl Call {
                 *r.headers_mut() = respond::relay_headers(&headers, &fin.log.id);
                 r
             }
+            ErrorDialect::Anthropic if state.account.spec.provider == Provider::Anthropic => {
+                // Already the Anthropic shape: as it came.
+                let mut r = respond::with_status(status, respond::full(bytes));
+                *r.headers_mut() = respond::relay_headers(&headers, &fin.log.id);
+                r
+            }
             ErrorDialect::Anthropic => {
                 // Restated, keeping the status and the message: Anthropic clients read
                 // `error.type` and `error.message`.
@@ -1627,7 +1748,7 @@ mod tests {
     }
 
     #[test]
-    fn claude_names_map_to_the_default_codex_model() {
+    fn claude_names_map_to_the_codex_model() {
         let mut key = KeyGrant {
             id: "k".into(),
             status: poolgate_core::KeyStatus::Active,
@@ -1637,22 +1758,31 @@ mod tests {
             reasoning_effort: None,
             account_groups: Arc::from(Vec::new()),
         };
-        assert_eq!(messages_model("claude-sonnet-4-5", &key, "gpt-5"), "gpt-5");
-        assert_eq!(
-            messages_model("Claude-Opus-4-1", &key, "gpt-5.4"),
-            "gpt-5.4"
-        );
-        assert_eq!(
-            messages_model("gpt-5.4-mini", &key, "gpt-5"),
-            "gpt-5.4-mini"
-        );
-        assert_eq!(messages_model("cla", &key, "gpt-5"), "cla");
+        let none = poolgate_core::RoutingPolicy::default();
+        let m = |model: &str, key: &KeyGrant, p: &poolgate_core::RoutingPolicy, d: &str| {
+            messages_codex_model(model, key, p, d)
+        };
+        assert_eq!(m("claude-sonnet-4-5", &key, &none, "gpt-5"), "gpt-5");
+        assert_eq!(m("Claude-Opus-4-1", &key, &none, "gpt-5.4"), "gpt-5.4");
+        assert_eq!(m("gpt-5.4-mini", &key, &none, "gpt-5"), "gpt-5.4-mini");
+        assert_eq!(m("cla", &key, &none, "gpt-5"), "cla");
+        // A policy alias comes before the default.
+        let aliased = poolgate_core::RoutingPolicy {
+            model_aliases: vec![poolgate_core::ModelAlias {
+                from: "claude-haiku-*".into(),
+                to: "gpt-5-mini".into(),
+            }],
+            ..poolgate_core::RoutingPolicy::default()
+        };
+        assert_eq!(m("claude-haiku-4-5", &key, &aliased, "gpt-5"), "gpt-5-mini");
+        assert_eq!(m("claude-opus-4-1", &key, &aliased, "gpt-5"), "gpt-5");
+        // The key's override comes before both.
         key.model_override = Some("gpt-5.3-codex".into());
         assert_eq!(
-            messages_model("claude-sonnet-4-5", &key, "gpt-5"),
+            m("claude-haiku-4-5", &key, &aliased, "gpt-5"),
             "gpt-5.3-codex"
         );
-        assert_eq!(messages_model("gpt-5.4", &key, "gpt-5"), "gpt-5.3-codex");
+        assert_eq!(m("gpt-5.4", &key, &none, "gpt-5"), "gpt-5.3-codex");
     }
 
     #[test]

@@ -36,6 +36,8 @@ const USAGE_TAIL_BYTES: usize = 16 * 1024;
 pub(crate) enum Dialect {
     Responses,
     Chat,
+    /// Anthropic Messages events from an Anthropic-key account.
+    Anthropic,
 }
 
 /// What the relay does with the upstream body.
@@ -241,6 +243,9 @@ fn worth_parsing(ev: &SseEvent) -> bool {
                 | "response.incomplete"
                 | "response.failed"
                 | "error"
+                | "message_start"
+                | "message_delta"
+                | "message_stop"
         ),
         None => [
             "\"usage\"",
@@ -269,15 +274,17 @@ impl Tap {
             self.usage.push_json(v);
         }
         match dialect {
-            Dialect::Responses => match classify_stream_json(ev, json.as_ref(), now_ms()) {
-                StreamEventClass::Terminal => self.terminal = true,
-                StreamEventClass::Failed(_) => {
-                    self.terminal = true;
-                    let ty = event_type(ev, json.as_ref()).unwrap_or("error");
-                    self.failure = Some(StreamFailure::from_event(ty, json.as_ref(), now_ms()));
+            Dialect::Responses | Dialect::Anthropic => {
+                match classify_stream_json(ev, json.as_ref(), now_ms()) {
+                    StreamEventClass::Terminal => self.terminal = true,
+                    StreamEventClass::Failed(_) => {
+                        self.terminal = true;
+                        let ty = event_type(ev, json.as_ref()).unwrap_or("error");
+                        self.failure = Some(StreamFailure::from_event(ty, json.as_ref(), now_ms()));
+                    }
+                    _ => {}
                 }
-                _ => {}
-            },
+            }
             Dialect::Chat => {
                 if json
                     .as_ref()
@@ -309,6 +316,14 @@ fn error_frame(dialect: Dialect, message: &str) -> Bytes {
                 "message": message,
                 "param": null,
             });
+            poolgate_wire::sse::encode(Some("error"), &data.to_string())
+        }
+        Dialect::Anthropic => {
+            let data = poolgate_wire::anthropic::anthropic_error_body(
+                502,
+                message,
+                Some("upstream_stream_error"),
+            );
             poolgate_wire::sse::encode(Some("error"), &data.to_string())
         }
     }
@@ -439,7 +454,7 @@ impl Relay {
                     self.error = Some(ErrorClass::Network);
                     self.out
                         .push_back(error_frame(dialect, &format!("upstream stream broke: {e}")));
-                } else if !self.tap.terminal && dialect == Dialect::Responses {
+                } else if !self.tap.terminal && dialect != Dialect::Chat {
                     self.error = Some(ErrorClass::Network);
                     self.out.push_back(error_frame(
                         dialect,

@@ -280,6 +280,8 @@ mod tests {
             reasoning_tokens: 0,
             ttfb_ms: None,
             duration_ms: 0,
+            translation: poolgate_core::Translation::None,
+            upstream_model: None,
             node: "n".into(),
         }
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use futures::StreamExt;
 use poolgate_core::snapshot::{AccountState, Delta, Snapshot};
-use poolgate_core::{AccountStatus, StatusReason, UnixMillis};
+use poolgate_core::{AccountStatus, Provider, StatusReason, UnixMillis};
 use poolgate_routing::{
     AccountHealth, AttemptSkip, BalancedCursor, Cooldown, HealthSource, Load, Outcome, Plan,
     Prefilter, ProviderSet, Rng, RouteAccount, RouteRequest, Router, routing_order,
@@ -148,6 +148,7 @@ pub(crate) struct View {
 #[derive(Debug, PartialEq, Eq)]
 struct PrefilterKey {
     model: String,
+    translated: Option<(ProviderSet, String)>,
     groups: Vec<String>,
     providers: ProviderSet,
 }
@@ -155,6 +156,8 @@ struct PrefilterKey {
 impl PrefilterKey {
     fn matches(&self, req: &RouteRequest<'_>) -> bool {
         self.model == req.model
+            && self.translated.as_ref().map(|(p, m)| (*p, m.as_str()))
+                == req.translated.map(|t| (t.providers, t.model))
             && self.groups.as_slice() == req.allowed_groups
             && self.providers == req.providers
     }
@@ -221,9 +224,12 @@ impl View {
     fn prefilter(&self, req: &RouteRequest<'_>) -> Arc<Prefilter> {
         let hash = {
             let cache = lock(&self.prefilters);
-            let hash = cache
-                .hasher
-                .hash_one((req.model, req.allowed_groups, req.providers));
+            let hash = cache.hasher.hash_one((
+                req.model,
+                req.translated,
+                req.allowed_groups,
+                req.providers,
+            ));
             if let Some((key, pre)) = cache.entries.get(&hash)
                 && key.matches(req)
             {
@@ -239,6 +245,7 @@ impl View {
         }
         let key = PrefilterKey {
             model: req.model.to_string(),
+            translated: req.translated.map(|t| (t.providers, t.model.to_string())),
             groups: req.allowed_groups.to_vec(),
             providers: req.providers,
         };
@@ -267,6 +274,21 @@ impl HealthSource for Cells<'_> {
 
 /// The routing fields of an account. One without credentials cannot be sent anything: it
 /// routes as unavailable (auth invalid) so the skip summary says why.
+/// The models an account serves: its filter, or when it sets none, what its provider can
+/// serve at all. An Azure deployment is one model (named like the deployment unless the
+/// filter says otherwise); an Anthropic key serves Claude models. Codex and OpenAI accounts
+/// without a filter take any model.
+fn served_models(spec: &poolgate_core::AccountSpec) -> Vec<String> {
+    if !spec.model_filter.is_empty() {
+        return spec.model_filter.clone();
+    }
+    match (spec.provider, &spec.azure) {
+        (Provider::AzureOpenAi, Some(az)) => vec![az.deployment.clone()],
+        (Provider::Anthropic, _) => vec!["claude-*".to_string()],
+        _ => Vec::new(),
+    }
+}
+
 pub(crate) fn route_account(s: &AccountState) -> RouteAccount {
     let a = &s.account;
     let (status, status_reason) = if s.credentials.is_none() {
@@ -283,7 +305,7 @@ pub(crate) fn route_account(s: &AccountState) -> RouteAccount {
         status,
         status_reason,
         max_inflight: a.spec.max_inflight,
-        model_filter: a.spec.model_filter.clone(),
+        model_filter: served_models(&a.spec),
         usage: s.usage.clone(),
         cooldown_until_ms: s.cooldown_until_ms,
     }

@@ -79,7 +79,7 @@ async fn readiness_health_and_metrics() {
     assert_eq!(r.status(), 200);
     let m = h.metrics().await;
     for family in [
-        "poolgate_gateway_requests_total{route=\"responses\",status=\"200\",protocol=\"openai_responses\"}",
+        "poolgate_gateway_requests_total{route=\"responses\",status=\"200\",protocol=\"openai_responses\",translation=\"none\"}",
         "poolgate_gateway_upstream_attempts_total{provider=\"codex\",outcome=\"success\"}",
         "poolgate_gateway_upstream_latency_seconds_bucket",
         "poolgate_gateway_account_inflight{account=\"acc_a\"} 0",

@@ -165,13 +165,18 @@ async fn a_message_is_translated_to_codex_and_back() {
     let log = h.log(&id).await;
     assert_eq!(log.protocol, "anthropic_messages");
     assert_eq!(log.path, "/v1/messages");
-    assert_eq!(log.model.as_deref(), Some("gpt-5"));
+    assert_eq!(log.model.as_deref(), Some("claude-sonnet-4-5"));
+    assert_eq!(log.upstream_model.as_deref(), Some("gpt-5"));
+    assert_eq!(
+        log.translation,
+        poolgate_core::Translation::MessagesToResponses
+    );
     assert_eq!(log.status, 200);
     assert_eq!(log.key_id.as_deref(), Some("key_1"));
     assert_eq!(log.account_id.as_deref(), Some("acc_0"));
     assert!(log.input_tokens > 0 && log.output_tokens > 0, "{log:?}");
     let m = h.metrics().await;
-    let family = "poolgate_gateway_requests_total{route=\"messages\",status=\"200\",protocol=\"anthropic_messages\"} 1";
+    let family = "poolgate_gateway_requests_total{route=\"messages\",status=\"200\",protocol=\"anthropic_messages\",translation=\"messages_to_responses\"} 1";
     assert!(m.contains(family), "{m}");
     h.stop().await;
 

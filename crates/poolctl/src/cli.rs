@@ -461,6 +461,25 @@ pub struct SetPolicyArgs {
     /// In-flight cap for accounts that set none (0 = unlimited).
     #[arg(long)]
     pub default_max_inflight: Option<u32>,
+    /// Replace the model aliases (repeatable, in order, first match wins): FROM=TO asks
+    /// Codex accounts for model TO when a client sends a model matching FROM over a
+    /// translated protocol, e.g. 'claude-opus-*=gpt-5'.
+    #[arg(long = "model-alias", value_name = "FROM=TO", value_parser = model_alias)]
+    pub model_aliases: Option<Vec<ModelAliasArg>>,
+    /// Remove every model alias.
+    #[arg(long, conflicts_with = "model_aliases")]
+    pub clear_model_aliases: bool,
+}
+
+/// One `--model-alias FROM=TO`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelAliasArg {
+    pub from: String,
+    pub to: String,
+}
+
+fn model_alias(s: &str) -> Result<ModelAliasArg, String> {
+    parse::model_alias(s).map(|(from, to)| ModelAliasArg { from, to })
 }
 
 #[derive(Debug, Subcommand)]
@@ -629,6 +648,19 @@ mod tests {
         assert!(parse(&["update", "key", "key_1"]).is_err());
         assert!(parse(&["set", "policy"]).is_err());
         assert!(parse(&["set", "policy", "--cooldown-429", "5m,oops"]).is_err());
+        let e = parse(&["set", "policy", "--model-alias", "claude-*"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ValueValidation);
+        assert!(e.to_string().contains("expected FROM=TO"), "{e}");
+        assert!(
+            parse(&[
+                "set",
+                "policy",
+                "--model-alias",
+                "a*=b",
+                "--clear-model-aliases"
+            ])
+            .is_err()
+        );
         assert!(parse(&["create", "key", "--name", "k", "--expires-in", "soon"]).is_err());
         assert!(parse(&["logs", "--limit", "0"]).is_err());
         assert!(parse(&["import", "accounts"]).is_err());
@@ -690,5 +722,36 @@ mod tests {
         assert_eq!(p.cooldown_429, Some(Ladder(vec![45, 300])));
         assert_eq!(p.quota_guard, Some(false));
         assert_eq!(p.min_5h_remaining, Some(7.0));
+        assert_eq!(p.model_aliases, None);
+        assert!(!p.clear_model_aliases);
+        let c = parse(&[
+            "set",
+            "policy",
+            "--model-alias",
+            "claude-opus-*=gpt-5",
+            "--model-alias",
+            "claude-haiku-*=gpt-5-mini",
+        ])
+        .unwrap();
+        let Command::Set(SetCmd::Policy(p)) = c.command else {
+            panic!()
+        };
+        let alias = |from: &str, to: &str| ModelAliasArg {
+            from: from.into(),
+            to: to.into(),
+        };
+        assert_eq!(
+            p.model_aliases,
+            Some(vec![
+                alias("claude-opus-*", "gpt-5"),
+                alias("claude-haiku-*", "gpt-5-mini")
+            ])
+        );
+        // Clearing alone is a change of its own.
+        let c = parse(&["set", "policy", "--clear-model-aliases"]).unwrap();
+        let Command::Set(SetCmd::Policy(p)) = c.command else {
+            panic!()
+        };
+        assert!(p.clear_model_aliases && p.model_aliases.is_none());
     }
 }

@@ -109,6 +109,18 @@ pub fn on_off(input: &str) -> Result<bool, String> {
     }
 }
 
+/// A model alias `FROM=TO` (`claude-opus-*=gpt-5`): split at the first `=`, both sides
+/// non-empty. The control plane checks the rest (pattern syntax, lengths).
+pub fn model_alias(input: &str) -> Result<(String, String), String> {
+    let expected = || format!("{input:?}: expected FROM=TO (e.g. 'claude-opus-*=gpt-5')");
+    let (from, to) = input.split_once('=').ok_or_else(expected)?;
+    let (from, to) = (from.trim(), to.trim());
+    if from.is_empty() || to.is_empty() {
+        return Err(expected());
+    }
+    Ok((from.to_string(), to.to_string()))
+}
+
 /// A time bound for log queries: a duration means that long before `now_ms`, anything else
 /// must be an RFC 3339 timestamp. Returns Unix milliseconds.
 pub fn time_bound(input: &str, now_ms: i64) -> Result<i64, String> {
@@ -267,6 +279,24 @@ pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_aliases() {
+        assert_eq!(
+            model_alias("claude-opus-*=gpt-5").unwrap(),
+            ("claude-opus-*".to_string(), "gpt-5".to_string())
+        );
+        assert_eq!(
+            model_alias(" claude-* = gpt-5-mini ").unwrap(),
+            ("claude-*".to_string(), "gpt-5-mini".to_string())
+        );
+        // Only the first `=` splits; the server refuses what is not a model name.
+        assert_eq!(model_alias("a=b=c").unwrap().1, "b=c");
+        for bad in ["claude-*", "=gpt-5", "claude-*=", "=", ""] {
+            let e = model_alias(bad).unwrap_err();
+            assert!(e.contains("expected FROM=TO"), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn durations() {

@@ -631,6 +631,18 @@ fn apply_policy(p: &mut v1::RoutingPolicy, s: &SetPolicyArgs) {
     if let Some(v) = s.default_max_inflight {
         p.default_max_inflight = v;
     }
+    if s.clear_model_aliases {
+        p.model_aliases.clear();
+    }
+    if let Some(list) = &s.model_aliases {
+        p.model_aliases = list
+            .iter()
+            .map(|a| v1::ModelAlias {
+                from: a.from.clone(),
+                to: a.to.clone(),
+            })
+            .collect();
+    }
 }
 
 /// Expands files, directories (their `*.json` files, sorted) and `-` (stdin) into documents.
@@ -848,6 +860,10 @@ mod tests {
             cooldown_auth_secs: 60,
             quota_guard: None,
             default_max_inflight: 0,
+            model_aliases: vec![v1::ModelAlias {
+                from: "claude-*".into(),
+                to: "gpt-5".into(),
+            }],
         };
         let s = SetPolicyArgs {
             strategy: Some(Strategy::Balanced),
@@ -860,8 +876,12 @@ mod tests {
             min_5h_remaining: None,
             min_weekly_remaining: Some(20.0),
             default_max_inflight: None,
+            model_aliases: None,
+            clear_model_aliases: false,
         };
         apply_policy(&mut p, &s);
+        // Aliases not given are kept.
+        assert_eq!(p.model_aliases.len(), 1);
         assert_eq!(p.strategy, "balanced");
         assert_eq!(p.p2c_window, 3);
         assert_eq!(p.cooldown_429_secs, vec![10, 20]);
@@ -870,6 +890,54 @@ mod tests {
         let g = p.quota_guard.unwrap();
         assert!(!g.enabled);
         assert_eq!(g.min_weekly_remaining_percent, 20.0);
+
+        let mut p = v1::RoutingPolicy {
+            model_aliases: vec![v1::ModelAlias {
+                from: "claude-*".into(),
+                to: "gpt-5".into(),
+            }],
+            ..Default::default()
+        };
+        let only = |model_aliases, clear_model_aliases| SetPolicyArgs {
+            strategy: None,
+            p2c_window: None,
+            cooldown_429: None,
+            cooldown_5xx: None,
+            cooldown_network: None,
+            cooldown_auth: None,
+            quota_guard: None,
+            min_5h_remaining: None,
+            min_weekly_remaining: None,
+            default_max_inflight: None,
+            model_aliases,
+            clear_model_aliases,
+        };
+        // Given aliases replace the list, in the order given.
+        let given = vec![
+            crate::cli::ModelAliasArg {
+                from: "claude-*haiku*".into(),
+                to: "gpt-5-mini".into(),
+            },
+            crate::cli::ModelAliasArg {
+                from: "claude-*".into(),
+                to: "gpt-5-codex".into(),
+            },
+        ];
+        apply_policy(&mut p, &only(Some(given), false));
+        let pairs: Vec<(&str, &str)> = p
+            .model_aliases
+            .iter()
+            .map(|a| (a.from.as_str(), a.to.as_str()))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("claude-*haiku*", "gpt-5-mini"),
+                ("claude-*", "gpt-5-codex")
+            ]
+        );
+        apply_policy(&mut p, &only(None, true));
+        assert!(p.model_aliases.is_empty());
     }
 
     #[test]

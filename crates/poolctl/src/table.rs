@@ -245,6 +245,7 @@ pub fn logs(list: &[v1::RequestLog]) -> Table {
         "KEY",
         "ACCOUNT",
         "MODEL",
+        "VIA",
         "STATUS",
         "ERROR",
         "TOKENS(in/out)",
@@ -258,7 +259,8 @@ pub fn logs(list: &[v1::RequestLog]) -> Table {
             l.id.clone(),
             l.key_id.clone(),
             l.account_id.clone(),
-            l.model.clone(),
+            log_model(l),
+            via(&l.translation),
             l.status.to_string(),
             l.error_class.clone(),
             format!("{}/{}", l.input_tokens, l.output_tokens),
@@ -343,7 +345,33 @@ pub fn policy(p: &v1::RoutingPolicy) -> Table {
     for (k, v) in rows {
         t.row(vec![k.into(), v]);
     }
+    // One row per alias, in the order they are tried, each written as `--model-alias` takes it.
+    if p.model_aliases.is_empty() {
+        t.row(vec!["model-aliases".into(), "none".into()]);
+    }
+    for a in &p.model_aliases {
+        t.row(vec!["model-alias".into(), format!("{}={}", a.from, a.to)]);
+    }
     t
+}
+
+/// How the upstream was spoken to, short: `-` when directly.
+fn via(translation: &str) -> String {
+    match translation {
+        "" | "none" => "-".into(),
+        "chat_to_responses" => "chat->resp".into(),
+        "messages_to_responses" => "msg->resp".into(),
+        other => other.into(),
+    }
+}
+
+/// The client's model, and the upstream's when it differs.
+fn log_model(l: &v1::RequestLog) -> String {
+    if l.upstream_model.is_empty() || l.upstream_model == l.model {
+        l.model.clone()
+    } else {
+        format!("{} (as {})", l.model, l.upstream_model)
+    }
 }
 
 pub fn tokens(now_ms: i64, list: &[v1::AdminToken]) -> Table {
@@ -599,6 +627,7 @@ mod tests {
                 "key_1",
                 "acc_1",
                 "gpt-5",
+                "-",
                 "200",
                 "-",
                 "1200/350",
@@ -607,6 +636,37 @@ mod tests {
                 "2"
             ]
         );
+        let translated = v1::RequestLog {
+            model: "claude-opus-4-1".into(),
+            translation: "messages_to_responses".into(),
+            upstream_model: "gpt-5".into(),
+            ..Default::default()
+        };
+        let chat = v1::RequestLog {
+            model: "gpt-5".into(),
+            translation: "chat_to_responses".into(),
+            upstream_model: "gpt-5".into(),
+            ..Default::default()
+        };
+        let out = logs(&[translated, chat]).render();
+        // Cells are separated by at least the gap; the model cell holds single spaces.
+        let cells: Vec<Vec<&str>> = out
+            .lines()
+            .map(|l| {
+                l.split(GAP)
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(cells[0][4..6], ["MODEL", "VIA"], "{out}");
+        assert_eq!(
+            cells[1][4..6],
+            ["claude-opus-4-1 (as gpt-5)", "msg->resp"],
+            "{out}"
+        );
+        // The same model upstream is not repeated.
+        assert_eq!(cells[2][4..6], ["gpt-5", "chat->resp"], "{out}");
     }
 
     #[test]
@@ -665,8 +725,10 @@ mod tests {
                 min_weekly_remaining_percent: 10.0,
             }),
             default_max_inflight: 0,
+            model_aliases: vec![],
         };
         let out = policy(&p).render();
+        assert!(out.contains("model-aliases          none\n"), "{out}");
         assert!(
             out.contains("cooldown-429           45s,5m,30m,2h\n"),
             "{out}"
@@ -675,5 +737,31 @@ mod tests {
         assert!(out.contains("quota-guard            on\n"), "{out}");
         assert!(out.contains("min-5h-remaining       5%\n"), "{out}");
         assert!(out.contains("default-max-inflight   unlimited\n"), "{out}");
+        let aliased = v1::RoutingPolicy {
+            model_aliases: vec![
+                v1::ModelAlias {
+                    from: "claude-haiku-*".into(),
+                    to: "gpt-5-mini".into(),
+                },
+                v1::ModelAlias {
+                    from: "claude-*".into(),
+                    to: "gpt-5".into(),
+                },
+            ],
+            ..p
+        };
+        let out = policy(&aliased).render();
+        assert!(
+            out.ends_with(
+                "model-alias            claude-haiku-*=gpt-5-mini\n\
+                 model-alias            claude-*=gpt-5\n"
+            ),
+            "{out}"
+        );
+        // Each value is what `--model-alias` accepts back.
+        for line in out.lines().filter(|l| l.starts_with("model-alias ")) {
+            let value = line.split_whitespace().nth(1).unwrap();
+            assert!(crate::parse::model_alias(value).is_ok(), "{value}");
+        }
     }
 }

@@ -500,6 +500,17 @@ mod tests {
         // A complete policy round-trips.
         let full = serde_json::to_string(&d).unwrap();
         assert_eq!(parse_policy(&full).unwrap(), d);
+        // Model aliases, as docker/routing-policy.yaml and the chart show them.
+        let aliased = parse_policy(
+            "model_aliases:\n  - {from: \"claude-haiku-*\", to: \"gpt-5-mini\"}\n  - {from: \"claude-*\", to: gpt-5}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            aliased.resolve_alias("claude-haiku-4-5"),
+            Some("gpt-5-mini")
+        );
+        assert_eq!(aliased.resolve_alias("claude-opus-4-1"), Some("gpt-5"));
+        assert_eq!(aliased.strategy, d.strategy);
 
         for (text, needle) in [
             ("strategy: [", "not valid YAML or JSON"),
@@ -514,6 +525,11 @@ mod tests {
             ("p2c_window: 0\n", "p2c_window"),
             ("p2c_window: -1\n", "p2c_window"),
             ("cooldown_429_secs: [60, 10]\n", "cooldown_429_secs"),
+            (
+                "model_aliases: [{from: claude-*, too: gpt-5}]\n",
+                "model_aliases",
+            ),
+            ("model_aliases: [{from: claude-*, to: gpt-*}]\n", "[0].to"),
         ] {
             let e = parse_policy(text).unwrap_err();
             assert!(e.contains(needle), "{text:?}: {e}");

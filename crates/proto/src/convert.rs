@@ -11,8 +11,9 @@ use poolgate_core::report::{Observation, ObservationKind, ReportBatch};
 use poolgate_core::snapshot::{AccountState, Delta};
 use poolgate_core::{
     Account, AccountSpec, AdminToken, Attempt, AuditEvent, AzureConfig, CodexIdentity, Credentials,
-    Error, ExtraLimit, KeySpec, LogSummary, ManagedBy, OAuthTokens, PlatformKey, QuotaGuard,
-    RequestLog, RoutingPolicy, Secret, Strategy, SummaryRow, UsageSnapshot, UsageWindow, usage,
+    Error, ExtraLimit, KeySpec, LogSummary, ManagedBy, ModelAlias, OAuthTokens, PlatformKey,
+    QuotaGuard, RequestLog, RoutingPolicy, Secret, Strategy, SummaryRow, Translation,
+    UsageSnapshot, UsageWindow, usage,
 };
 
 use crate::v1 as pb;
@@ -477,6 +478,8 @@ pub fn log_to_pb(r: &RequestLog) -> pb::RequestLog {
         ttfb_ms: r.ttfb_ms.unwrap_or(0),
         duration_ms: r.duration_ms,
         node: r.node.clone(),
+        translation: r.translation.to_string(),
+        upstream_model: r.upstream_model.clone().unwrap_or_default(),
     }
 }
 
@@ -490,6 +493,9 @@ pub fn log_from_pb(r: pb::RequestLog) -> Result<RequestLog, Error> {
             .collect::<Result<_, _>>()?,
         status: http_status(r.status)?,
         error_class: optional_enum(&r.error_class)?,
+        // Empty: a gateway from before the field, which never translated.
+        translation: optional_enum::<Translation>(&r.translation)?.unwrap_or_default(),
+        upstream_model: opt(r.upstream_model),
         id: r.id,
         ts_ms: r.ts_ms,
         key_id: opt(r.key_id),
@@ -651,6 +657,14 @@ pub fn policy_to_pb(p: &RoutingPolicy) -> pb::RoutingPolicy {
             min_weekly_remaining_percent: p.quota_guard.min_weekly_remaining_percent,
         }),
         default_max_inflight: p.default_max_inflight,
+        model_aliases: p
+            .model_aliases
+            .iter()
+            .map(|a| pb::ModelAlias {
+                from: a.from.clone(),
+                to: a.to.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -681,6 +695,14 @@ pub fn policy_from_pb(p: Option<&pb::RoutingPolicy>) -> Result<RoutingPolicy, Er
             min_weekly_remaining_percent: g.min_weekly_remaining_percent,
         },
         default_max_inflight: p.default_max_inflight,
+        model_aliases: p
+            .model_aliases
+            .iter()
+            .map(|a| ModelAlias {
+                from: a.from.clone(),
+                to: a.to.clone(),
+            })
+            .collect(),
     };
     policy.validate()?;
     Ok(policy)
@@ -943,6 +965,11 @@ mod tests {
             remove_keys: vec!["key_gone".into()],
             policy: Some(RoutingPolicy {
                 p2c_window: 5,
+                // Gateways resolve aliases from the snapshot's copy of the policy.
+                model_aliases: vec![ModelAlias {
+                    from: "claude-*".into(),
+                    to: "gpt-5".into(),
+                }],
                 ..Default::default()
             }),
         };
@@ -995,6 +1022,8 @@ mod tests {
             ttfb_ms: Some(420),
             duration_ms: 2300,
             node: "gw-0".into(),
+            translation: Translation::None,
+            upstream_model: None,
         }
     }
 
@@ -1013,6 +1042,38 @@ mod tests {
             ..r
         };
         assert_eq!(log_from_pb(log_to_pb(&sparse)).unwrap(), sparse);
+        assert_eq!(log_to_pb(&sparse).translation, "none");
+        assert_eq!(log_to_pb(&sparse).upstream_model, "");
+        let translated = RequestLog {
+            model: Some("claude-opus-4-1".into()),
+            protocol: "anthropic_messages".into(),
+            translation: Translation::MessagesToResponses,
+            upstream_model: Some("gpt-5".into()),
+            ..log()
+        };
+        let wire = log_to_pb(&translated);
+        assert_eq!(
+            (wire.translation.as_str(), wire.upstream_model.as_str()),
+            ("messages_to_responses", "gpt-5")
+        );
+        assert_eq!(log_from_pb(wire).unwrap(), translated);
+        // A record from a gateway that predates the fields: no translation, same model.
+        let mut old = log_to_pb(&translated);
+        old.translation.clear();
+        old.upstream_model.clear();
+        let back = log_from_pb(old).unwrap();
+        assert_eq!(
+            (back.translation, back.upstream_model),
+            (Translation::None, None)
+        );
+        let mut bad = log_to_pb(&sparse);
+        bad.translation = "pigeon".into();
+        assert!(
+            log_from_pb(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("translation")
+        );
         let mut bad = log_to_pb(&sparse);
         bad.status = 70_000;
         assert!(log_from_pb(bad).is_err());
@@ -1104,6 +1165,28 @@ mod tests {
         let mut bad = policy_to_pb(&p);
         bad.quota_guard = None;
         assert!(policy_from_pb(Some(&bad)).is_err());
+
+        let aliased = RoutingPolicy {
+            model_aliases: vec![
+                ModelAlias {
+                    from: "claude-*haiku*".into(),
+                    to: "gpt-5-mini".into(),
+                },
+                ModelAlias {
+                    from: "claude-*".into(),
+                    to: "gpt-5".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let wire = policy_to_pb(&aliased);
+        assert_eq!(wire.model_aliases.len(), 2);
+        assert_eq!(wire.model_aliases[0].from, "claude-*haiku*");
+        assert_eq!(policy_from_pb(Some(&wire)).unwrap(), aliased);
+        let mut bad = wire;
+        bad.model_aliases[1].to = "gpt-*".into();
+        let e = policy_from_pb(Some(&bad)).unwrap_err().to_string();
+        assert!(e.contains("model_aliases") && e.contains("[1].to"), "{e}");
     }
 
     #[test]

@@ -284,7 +284,7 @@ fn judge_static(a: &RouteAccount, req: &RouteRequest<'_>) -> Option<SkipReason> 
     if !req.allowed_groups.is_empty() && !req.allowed_groups.contains(&a.group) {
         return Some(SkipReason::GroupNotAllowed);
     }
-    if !model_allowed(&a.model_filter, req.model) {
+    if !model_allowed(&a.model_filter, req.model_for(a.provider)) {
         return Some(SkipReason::ModelNotAllowed);
     }
     if !req.providers.contains(a.provider) {
@@ -578,6 +578,31 @@ mod tests {
             .iter()
             .find(|s| s.index == index)
             .map(|s| s.reason)
+    }
+
+    #[test]
+    fn translated_providers_are_judged_by_the_translated_model() {
+        // A Claude name: Anthropic accounts serve it as is, Codex accounts as gpt-5.
+        let req = RouteRequest {
+            providers: ProviderSet::of(&[Provider::Codex, Provider::Anthropic]),
+            translated: Some(crate::Translated {
+                providers: ProviderSet::of(&[Provider::Codex]),
+                model: "gpt-5",
+            }),
+            ..RouteRequest::new("claude-sonnet-4-5", "k")
+        };
+        let mut accounts = vec![acc("codex-gpt"), acc("codex-claude"), acc("anthropic")];
+        accounts[0].model_filter = vec!["gpt-5*".into()];
+        accounts[1].model_filter = vec!["claude-*".into()];
+        accounts[2].provider = Provider::Anthropic;
+        accounts[2].model_filter = vec!["claude-*".into()];
+        let e = run(&accounts, &req);
+        let ids: Vec<usize> = e.eligible.iter().map(|x| x.index).collect();
+        assert_eq!(ids, vec![0, 2]);
+        assert_eq!(reason_of(&e, 1), Some(SkipReason::ModelNotAllowed));
+        // The prefilter agrees.
+        let pre = Prefilter::new(&accounts, &req);
+        assert_eq!(pre.passed(), &[0, 2]);
     }
 
     #[test]

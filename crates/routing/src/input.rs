@@ -77,11 +77,22 @@ fn bit(p: Provider) -> u8 {
     1u8 << (i % 8)
 }
 
+/// A different model for some providers: those that serve the request by translation may be
+/// asked for another model than the client named (a Claude name served by a Codex model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Translated<'a> {
+    pub providers: ProviderSet,
+    pub model: &'a str,
+}
+
 /// The request being routed.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteRequest<'a> {
     /// The resolved model (after the key's override).
     pub model: &'a str,
+    /// The model `providers` in it are asked for instead of `model`, when it differs; model
+    /// filters of those accounts are checked against it.
+    pub translated: Option<Translated<'a>>,
     /// Account groups the platform key may use; empty allows every group.
     pub allowed_groups: &'a [String],
     /// Providers that can serve the request's protocol.
@@ -98,6 +109,7 @@ impl<'a> RouteRequest<'a> {
     pub fn new(model: &'a str, key_id: &'a str) -> Self {
         RouteRequest {
             model,
+            translated: None,
             allowed_groups: &[],
             providers: ProviderSet::all(),
             anchor: None,
@@ -106,9 +118,31 @@ impl<'a> RouteRequest<'a> {
     }
 }
 
+impl RouteRequest<'_> {
+    /// The model an account of `provider` is asked for.
+    pub fn model_for(&self, provider: Provider) -> &str {
+        match self.translated {
+            Some(t) if t.providers.contains(provider) => t.model,
+            _ => self.model,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn translated_model_applies_to_its_providers_only() {
+        let mut r = RouteRequest::new("claude-sonnet-4-5", "k");
+        assert_eq!(r.model_for(Provider::Codex), "claude-sonnet-4-5");
+        r.translated = Some(Translated {
+            providers: ProviderSet::of(&[Provider::Codex]),
+            model: "gpt-5",
+        });
+        assert_eq!(r.model_for(Provider::Codex), "gpt-5");
+        assert_eq!(r.model_for(Provider::Anthropic), "claude-sonnet-4-5");
+    }
 
     #[test]
     fn provider_sets() {

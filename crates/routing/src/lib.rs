@@ -32,7 +32,7 @@ pub use eligibility::{
 pub use health::{
     AccountHealth, Cooldown, CooldownReason, HealthSource, Load, OFFENSE_MEMORY_MS, Outcome,
 };
-pub use input::{ProviderSet, RouteAccount, RouteRequest};
+pub use input::{ProviderSet, RouteAccount, RouteRequest, Translated};
 pub use plan::{AttemptSkip, Candidate, NoRoute, Pick, Plan, Router, routing_order};
 pub use rng::{Rng, SplitMix64};
 pub use score::{PeakEwma, Penalty, ScoreInputs, Tuning, headroom_factor, power_of_two};

@@ -1141,6 +1141,7 @@ mod tests {
                     for providers in providers {
                         let req = RouteRequest {
                             model,
+                            translated: None,
                             allowed_groups: groups,
                             providers,
                             anchor: Some("conv-1"),

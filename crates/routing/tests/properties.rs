@@ -299,6 +299,7 @@ fn arbitrary_policy() -> impl Strategy<Value = RoutingPolicy> {
                     min_weekly_remaining_percent: gw,
                 },
                 default_max_inflight: cap,
+                model_aliases: Vec::new(),
             },
         )
 }
@@ -352,6 +353,7 @@ proptest! {
         }
         let req = RouteRequest {
             model: "gpt-5",
+            translated: None,
             allowed_groups: &groups,
             providers: ProviderSet::of(&providers),
             anchor: anchor.as_deref(),

@@ -25,6 +25,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "refresh",
         sql: include_str!("../migrations/sqlite/0003_refresh.sql"),
     },
+    Migration {
+        version: 4,
+        name: "translation",
+        sql: include_str!("../migrations/sqlite/0004_translation.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -42,6 +47,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 3,
         name: "refresh",
         sql: include_str!("../migrations/postgres/0003_refresh.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "translation",
+        sql: include_str!("../migrations/postgres/0004_translation.sql"),
     },
 ];
 

@@ -1344,7 +1344,7 @@ pub(crate) async fn delete_admin_token<T: Tx>(tx: &T, id: &str, actor: &str) -> 
 
 pub(crate) const LOG_COLS: &str = "id, ts_ms, key_id, account_id, method, path, model, protocol, \
     status, error_class, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, \
-    ttfb_ms, duration_ms, node, attempts";
+    ttfb_ms, duration_ms, node, attempts, translation, upstream_model";
 
 /// The values of one record, in [`LOG_COLS`] order.
 /// Longest text kept per request-log field.
@@ -1390,6 +1390,8 @@ pub(crate) fn log_params(r: &RequestLog) -> Result<Vec<Val>> {
         r.duration_ms.into(),
         log_text(&r.node),
         to_json(&r.attempts)?.into(),
+        r.translation.as_str().into(),
+        opt_log_text(&r.upstream_model),
     ])
 }
 
@@ -1415,6 +1417,8 @@ fn log_from_row(r: &Row) -> Result<RequestLog> {
         duration_ms: r.u32(15)?,
         node: r.text(16)?,
         attempts: from_json(&r.text(17)?)?,
+        translation: parse_col(&r.text(18)?)?,
+        upstream_model: r.opt_text(19)?,
     })
 }
 
@@ -1593,8 +1597,11 @@ async fn policy_written<T: Tx>(
     action: &str,
 ) -> Result<()> {
     let detail = format!(
-        "strategy={} p2c_window={} default_max_inflight={}",
-        policy.strategy, policy.p2c_window, policy.default_max_inflight
+        "strategy={} p2c_window={} default_max_inflight={} model_aliases={}",
+        policy.strategy,
+        policy.p2c_window,
+        policy.default_max_inflight,
+        policy.model_aliases.len()
     );
     audit(tx, actor, action, "policy", POLICY_ID, &detail).await?;
     record_change(tx, ResourceKind::Policy, POLICY_ID, false).await?;

@@ -224,7 +224,7 @@ impl<C: GenericClient> Tx for PgConn<'_, C> {
     }
 }
 
-const LOG_TYPES: [Type; 18] = [
+const LOG_TYPES: [Type; 20] = [
     Type::TEXT, // id
     Type::INT8, // ts_ms
     Type::TEXT, // key_id
@@ -243,6 +243,8 @@ const LOG_TYPES: [Type; 18] = [
     Type::INT8, // duration_ms
     Type::TEXT, // node
     Type::TEXT, // attempts
+    Type::TEXT, // translation
+    Type::TEXT, // upstream_model
 ];
 
 static COPY_DIRECT: LazyLock<String> = LazyLock::new(|| {

@@ -12,8 +12,9 @@ use poolgate_core::report::{Observation, ObservationKind};
 use poolgate_core::snapshot::AccountState;
 use poolgate_core::{
     AccountPatch, AccountStatus, AdminRole, AdminToken, Credentials, ErrorClass, KeyPatch,
-    KeyStatus, LogFilter, OAuthTokens, Provider, ReasoningEffort, RequestLog, RoutingPolicy,
-    Secret, StatusClass, StatusReason, Strategy, SummaryRow, UsageSnapshot, UsageWindow,
+    KeyStatus, LogFilter, ModelAlias, OAuthTokens, Provider, ReasoningEffort, RequestLog,
+    RoutingPolicy, Secret, StatusClass, StatusReason, Strategy, SummaryRow, Translation,
+    UsageSnapshot, UsageWindow,
 };
 use poolgate_store::{
     AccountFilter, GatewayEvent, GatewayRecord, GatewaySeen, ImportOutcome, ObservationOutcome,
@@ -58,6 +59,7 @@ contract!(
     request_logs_filters_pagination_summary_prune,
     policy_default_set_invalid,
     policy_seed_only_when_none_saved,
+    rows_written_before_aliases_and_translation_still_read,
     audit_events_per_mutation_without_secrets,
     change_log_versions,
     reopen_keeps_data_and_migrations_are_idempotent,
@@ -1224,6 +1226,18 @@ async fn request_logs_filters_pagination_summary_prune(f: &Fixture) {
     let everything = LogFilter::default();
     let got = query_all(s, &everything, 128).await;
     assert_eq!(got, newest_first(&records, &everything));
+    // Every translation kind, with and without an upstream model, reads back as written.
+    for t in Translation::ALL {
+        assert!(
+            got.iter().any(|r| r.translation == *t),
+            "the generated data should hold {t}"
+        );
+    }
+    assert!(
+        got.iter()
+            .any(|r| r.upstream_model.as_deref() == Some("gpt-5")
+                && r.translation == Translation::MessagesToResponses)
+    );
 
     let mid = records[300].ts_ms;
     let filters = vec![
@@ -1332,7 +1346,21 @@ async fn policy_default_set_invalid(f: &Fixture) {
         ..Default::default()
     };
     p.quota_guard.min_weekly_remaining_percent = 2.5;
+    p.model_aliases = vec![
+        ModelAlias {
+            from: "claude-*haiku*".into(),
+            to: "gpt-5-mini".into(),
+        },
+        ModelAlias {
+            from: "claude-*".into(),
+            to: "gpt-5".into(),
+        },
+    ];
     s.set_policy(&p, "alice").await.unwrap();
+    assert_eq!(s.get_policy().await.unwrap(), p);
+    let mut bad_alias = p.clone();
+    bad_alias.model_aliases[0].to = "gpt-*".into();
+    is_invalid(s.set_policy(&bad_alias, "alice").await);
     assert_eq!(s.get_policy().await.unwrap(), p);
     let bad = RoutingPolicy {
         cooldown_429_secs: vec![60, 10],
@@ -1394,6 +1422,61 @@ async fn policy_seed_only_when_none_saved(f: &Fixture) {
         "{actions:?}"
     );
     assert_eq!(actions.iter().filter(|(a, _)| a == "boot").count(), 1);
+}
+
+async fn rows_written_before_aliases_and_translation_still_read(f: &Fixture) {
+    let s = &*f.store;
+    // A policy and a request log as a poolgate before schema v4 wrote them: no aliases in the
+    // policy JSON, no translation columns in the insert.
+    let old_policy = r#"{"strategy":"balanced","p2c_window":4,"cooldown_429_secs":[45,300],"cooldown_5xx_secs":30,"cooldown_network_secs":20,"cooldown_auth_secs":60,"quota_guard":{"enabled":true,"min_five_hour_remaining_percent":5.0,"min_weekly_remaining_percent":10.0},"default_max_inflight":0}"#;
+    f.exec(&format!(
+        "INSERT INTO routing_policy (id, policy, updated_at_ms) VALUES (1, '{old_policy}', 1); \
+         INSERT INTO request_logs (id, ts_ms, key_id, account_id, method, path, model, \
+         protocol, status, error_class, input_tokens, cached_input_tokens, output_tokens, \
+         reasoning_tokens, ttfb_ms, duration_ms, node, attempts) VALUES ('old-1', {START_MS}, \
+         NULL, NULL, 'POST', '/v1/responses', 'gpt-5', 'openai_responses', 200, NULL, 1, 0, \
+         2, 0, NULL, 30, 'gw-0', '[]');"
+    ))
+    .await;
+    let p = s.get_policy().await.unwrap();
+    assert_eq!((p.strategy, p.p2c_window), (Strategy::Balanced, 4));
+    assert!(p.model_aliases.is_empty());
+    let got = s
+        .query_request_logs(&LogFilter::default(), &PageRequest::first(10))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].translation, Translation::None);
+    assert_eq!(got[0].upstream_model, None);
+
+    // New records keep what the gateway said, in the columns an operator would query.
+    let mut r = logs::generate("new", 1, 3);
+    r[0].protocol = "anthropic_messages".into();
+    r[0].model = Some("claude-opus-4-1".into());
+    r[0].translation = Translation::MessagesToResponses;
+    r[0].upstream_model = Some("gpt-5".into());
+    assert_eq!(s.insert_request_logs(&r).await.unwrap(), 1);
+    let sql = format!(
+        "SELECT translation || ' ' || upstream_model FROM request_logs WHERE id = '{}'",
+        r[0].id
+    );
+    assert_eq!(
+        f.text(&sql).await.as_deref(),
+        Some("messages_to_responses gpt-5")
+    );
+    let back = s
+        .query_request_logs(
+            &LogFilter {
+                model: Some("claude-opus-4-1".into()),
+                ..Default::default()
+            },
+            &PageRequest::first(10),
+        )
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(back, r);
 }
 
 async fn audit_events_per_mutation_without_secrets(f: &Fixture) {
@@ -1673,7 +1756,7 @@ async fn reopen_keeps_data_and_migrations_are_idempotent(f: &Fixture) {
         );
         assert_eq!(other.get_policy().await.unwrap().p2c_window, 9);
     }
-    assert_eq!(f.count("schema_migrations").await, 3);
+    assert_eq!(f.count("schema_migrations").await, 4);
 }
 
 async fn managed_by_handover(f: &Fixture) {
@@ -1920,7 +2003,7 @@ async fn postgres_replicas_migrate_a_new_database_together() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 3);
+    assert_eq!(n, 4);
 }
 
 #[tokio::test]

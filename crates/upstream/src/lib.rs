@@ -1,5 +1,6 @@
 //! HTTP clients to the upstream providers poolgate fronts: the ChatGPT Codex backend (OAuth
-//! accounts) and OpenAI-compatible APIs (API-key accounts). No routing here: the gateway picks
+//! accounts), OpenAI-compatible APIs, Azure OpenAI deployments and the Anthropic API (API-key
+//! accounts). No routing here: the gateway picks
 //! the account and builds the body; this crate turns one attempt into one HTTP request with
 //! the provider's URL and header profile, and hands back the status, headers and a body
 //! stream.
@@ -10,6 +11,10 @@
 //! - Codex: `{base}/responses`, `{base}/responses/compact`, `{base}/models?client_version=`,
 //!   with the official client's headers (seed spec §10.2 [H], §18.1–18.2).
 //! - OpenAI: `{base}{path}` with `Authorization: Bearer <api key>`, the body as given.
+//! - Azure OpenAI: `{endpoint}/openai/deployments/{deployment}/chat/completions` and
+//!   `{endpoint}/openai/responses`, both with `?api-version=`, and the key in `api-key`.
+//! - Anthropic: `{base}/v1/messages` with `x-api-key`, `anthropic-version` (the client's, else
+//!   [`ANTHROPIC_VERSION`]) and the client's `anthropic-beta`.
 //!
 //! Dropping an [`UpstreamResponse`] (or its body) closes the upstream request.
 
@@ -39,6 +44,10 @@ pub use error::UpstreamError;
 
 /// The OpenAI API base used when an API-key account sets none.
 pub const OPENAI_DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+/// The Anthropic API base used when an Anthropic account sets none.
+pub const ANTHROPIC_DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
+/// The `anthropic-version` sent when the client sent none (the API requires one).
+pub const ANTHROPIC_VERSION: &str = "2023-06-01";
 
 /// Settings of the HTTP clients.
 #[derive(Debug, Clone)]
@@ -77,6 +86,8 @@ pub enum Endpoint {
     ChatCompletions,
     /// `GET /v1/models`.
     Models,
+    /// `POST /v1/messages` (Anthropic accounts only; Codex needs a translation).
+    Messages,
 }
 
 impl Endpoint {
@@ -86,6 +97,7 @@ impl Endpoint {
             Endpoint::ResponsesCompact => "responses_compact",
             Endpoint::ChatCompletions => "chat_completions",
             Endpoint::Models => "models",
+            Endpoint::Messages => "messages",
         }
     }
 
@@ -95,6 +107,7 @@ impl Endpoint {
             Endpoint::ResponsesCompact => "/responses/compact",
             Endpoint::ChatCompletions => "/chat/completions",
             Endpoint::Models => "/models",
+            Endpoint::Messages => "/messages",
         }
     }
 
@@ -253,13 +266,9 @@ impl UpstreamClient {
         let url = self.url_for(account, req.endpoint)?;
         let headers = match account.account.spec.provider {
             Provider::Codex => self.codex_request_headers(account, &req)?,
-            Provider::OpenAi => self.openai_request_headers(account, &req)?,
-            p => {
-                return Err(UpstreamError::Unsupported {
-                    provider: p.as_str(),
-                    endpoint: req.endpoint.as_str(),
-                });
-            }
+            Provider::OpenAi => self.key_request_headers(account, &req, KeyHeader::Bearer)?,
+            Provider::AzureOpenAi => self.key_request_headers(account, &req, KeyHeader::Azure)?,
+            Provider::Anthropic => self.key_request_headers(account, &req, KeyHeader::Anthropic)?,
         };
         let proxy = account
             .account
@@ -336,7 +345,7 @@ impl UpstreamClient {
                 });
             }
         };
-        if req.endpoint == Endpoint::ChatCompletions {
+        if matches!(req.endpoint, Endpoint::ChatCompletions | Endpoint::Messages) {
             return Err(UpstreamError::Unsupported {
                 provider: Provider::Codex.as_str(),
                 endpoint: req.endpoint.as_str(),
@@ -361,10 +370,13 @@ impl UpstreamClient {
         })
     }
 
-    fn openai_request_headers(
+    /// Headers for the API-key providers: the key where the provider reads it, JSON, the
+    /// stream preference, our user agent and (Anthropic) the API version and beta flags.
+    fn key_request_headers(
         &self,
         account: &AccountState,
         req: &UpstreamRequest<'_>,
+        scheme: KeyHeader,
     ) -> Result<HeaderMap, UpstreamError> {
         let key = match &account.credentials {
             Some(Credentials::ApiKey { key }) if !key.is_empty() => key,
@@ -375,7 +387,35 @@ impl UpstreamClient {
             }
         };
         let mut h = HeaderMap::with_capacity(8);
-        h.insert(AUTHORIZATION, bearer(key.expose())?);
+        match scheme {
+            KeyHeader::Bearer => {
+                h.insert(AUTHORIZATION, bearer(key.expose())?);
+            }
+            KeyHeader::Azure => {
+                h.insert(
+                    HeaderName::from_static("api-key"),
+                    secret_value(key.expose())?,
+                );
+            }
+            KeyHeader::Anthropic => {
+                h.insert(
+                    HeaderName::from_static("x-api-key"),
+                    secret_value(key.expose())?,
+                );
+                let version = req
+                    .client_headers
+                    .get("anthropic-version")
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+                    .unwrap_or(HeaderValue::from_static(ANTHROPIC_VERSION));
+                h.insert(HeaderName::from_static("anthropic-version"), version);
+                // Beta flags change what the API accepts (e.g. newer tool types); without
+                // them the client's request may be refused.
+                for v in req.client_headers.get_all("anthropic-beta") {
+                    h.append(HeaderName::from_static("anthropic-beta"), v.clone());
+                }
+            }
+        }
         if req.endpoint.method() == Method::POST {
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
@@ -393,6 +433,28 @@ impl UpstreamClient {
         }
         Ok(h)
     }
+}
+
+/// Where an API-key provider reads its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyHeader {
+    /// `Authorization: Bearer` (OpenAI and compatibles).
+    Bearer,
+    /// `api-key` (Azure OpenAI).
+    Azure,
+    /// `x-api-key` (Anthropic).
+    Anthropic,
+}
+
+/// A secret as a header value, marked sensitive so it never shows in debug output.
+fn secret_value(secret: &str) -> Result<HeaderValue, UpstreamError> {
+    let mut v = HeaderValue::from_str(secret).map_err(|_| {
+        UpstreamError::Config(
+            "the account's credential contains characters not allowed in a header".into(),
+        )
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
 }
 
 /// `Bearer <secret>`, marked sensitive so it never shows in debug output.
@@ -413,7 +475,15 @@ pub fn request_url(
     codex_version: &str,
 ) -> Result<String, UpstreamError> {
     let a = &account.account;
-    match a.spec.provider {
+    let provider = a.spec.provider;
+    // Only Anthropic speaks Messages natively; the others get it by translation.
+    if (endpoint == Endpoint::Messages) != (provider == Provider::Anthropic) {
+        return Err(UpstreamError::Unsupported {
+            provider: provider.as_str(),
+            endpoint: endpoint.as_str(),
+        });
+    }
+    match provider {
         Provider::Codex => {
             let base = codex_base_url(a.spec.base_url.as_deref());
             Ok(match endpoint {
@@ -430,10 +500,41 @@ pub fn request_url(
                 .trim_end_matches('/');
             Ok(format!("{base}{}", endpoint.path()))
         }
-        p => Err(UpstreamError::Unsupported {
-            provider: p.as_str(),
-            endpoint: endpoint.as_str(),
-        }),
+        Provider::AzureOpenAi => {
+            let unsupported = || UpstreamError::Unsupported {
+                provider: Provider::AzureOpenAi.as_str(),
+                endpoint: endpoint.as_str(),
+            };
+            let (Some(base), Some(az)) = (a.spec.base_url.as_deref(), a.spec.azure.as_ref()) else {
+                return Err(UpstreamError::Config(
+                    "the Azure OpenAI account has no endpoint or deployment".into(),
+                ));
+            };
+            // People paste the endpoint with or without the `/openai` suffix.
+            let base = base.trim_end_matches('/');
+            let base = base.strip_suffix("/openai").unwrap_or(base);
+            let version = &az.api_version;
+            match endpoint {
+                Endpoint::ChatCompletions => Ok(format!(
+                    "{base}/openai/deployments/{}/chat/completions?api-version={version}",
+                    az.deployment
+                )),
+                // The Responses API takes the deployment as the body's `model`.
+                Endpoint::Responses => Ok(format!("{base}/openai/responses?api-version={version}")),
+                _ => Err(unsupported()),
+            }
+        }
+        Provider::Anthropic => {
+            let base = a
+                .spec
+                .base_url
+                .as_deref()
+                .unwrap_or(ANTHROPIC_DEFAULT_BASE_URL)
+                .trim_end_matches('/');
+            // Accept the base with or without the API's `/v1`.
+            let base = base.strip_suffix("/v1").unwrap_or(base);
+            Ok(format!("{base}/v1/messages"))
+        }
     }
 }
 
@@ -563,6 +664,138 @@ mod tests {
             ),
             Err(UpstreamError::Unsupported { .. })
         ));
+        for p in [Provider::Codex, Provider::OpenAi] {
+            assert!(matches!(
+                request_url(&account(p, None), Endpoint::Messages, "1"),
+                Err(UpstreamError::Unsupported { .. })
+            ));
+        }
+        assert_eq!(
+            request_url(&account(Provider::Anthropic, None), Endpoint::Messages, "1").unwrap(),
+            "https://api.anthropic.com/v1/messages"
+        );
+        for base in ["http://127.0.0.1:9", "http://127.0.0.1:9/v1/"] {
+            assert_eq!(
+                request_url(
+                    &account(Provider::Anthropic, Some(base)),
+                    Endpoint::Messages,
+                    "1"
+                )
+                .unwrap(),
+                "http://127.0.0.1:9/v1/messages"
+            );
+        }
+    }
+
+    fn azure(base: &str) -> AccountState {
+        let mut a = account(Provider::AzureOpenAi, Some(base));
+        a.account.spec.azure = Some(poolgate_core::AzureConfig {
+            deployment: "gpt4o-prod".into(),
+            api_version: "2025-04-01-preview".into(),
+        });
+        a
+    }
+
+    #[test]
+    fn azure_urls() {
+        for base in [
+            "https://res.openai.azure.com",
+            "https://res.openai.azure.com/",
+            "https://res.openai.azure.com/openai/",
+        ] {
+            let a = azure(base);
+            assert_eq!(
+                request_url(&a, Endpoint::ChatCompletions, "1").unwrap(),
+                "https://res.openai.azure.com/openai/deployments/gpt4o-prod/chat/completions?api-version=2025-04-01-preview"
+            );
+            assert_eq!(
+                request_url(&a, Endpoint::Responses, "1").unwrap(),
+                "https://res.openai.azure.com/openai/responses?api-version=2025-04-01-preview"
+            );
+        }
+        let a = azure("https://res.openai.azure.com");
+        for e in [Endpoint::ResponsesCompact, Endpoint::Messages] {
+            assert!(matches!(
+                request_url(&a, e, "1"),
+                Err(UpstreamError::Unsupported { .. })
+            ));
+        }
+        let mut bare = account(Provider::AzureOpenAi, None);
+        bare.account.spec.azure = None;
+        assert!(matches!(
+            request_url(&bare, Endpoint::Responses, "1"),
+            Err(UpstreamError::Config(_))
+        ));
+    }
+
+    fn request<'a>(endpoint: Endpoint, client: &'a HeaderMap) -> UpstreamRequest<'a> {
+        UpstreamRequest {
+            endpoint,
+            body: Bytes::from_static(b"{}"),
+            stream: true,
+            client_headers: client,
+            session: None,
+            extra_headers: &[],
+        }
+    }
+
+    #[test]
+    fn key_headers_per_provider() {
+        let c = UpstreamClient::new(UpstreamConfig::default()).unwrap();
+        let none = HeaderMap::new();
+        let a = azure("https://res.openai.azure.com");
+        let h = c
+            .key_request_headers(&a, &request(Endpoint::Responses, &none), KeyHeader::Azure)
+            .unwrap();
+        assert_eq!(h.get("api-key").unwrap(), "sk-test");
+        assert!(h.get("api-key").unwrap().is_sensitive());
+        assert!(h.get(AUTHORIZATION).is_none());
+        assert_eq!(h.get(ACCEPT).unwrap(), "text/event-stream");
+
+        let an = account(Provider::Anthropic, None);
+        let h = c
+            .key_request_headers(
+                &an,
+                &request(Endpoint::Messages, &none),
+                KeyHeader::Anthropic,
+            )
+            .unwrap();
+        assert_eq!(h.get("x-api-key").unwrap(), "sk-test");
+        assert!(h.get("x-api-key").unwrap().is_sensitive());
+        assert_eq!(h.get("anthropic-version").unwrap(), ANTHROPIC_VERSION);
+        assert!(h.get("anthropic-beta").is_none());
+        assert!(h.get(AUTHORIZATION).is_none());
+
+        // The client's version and beta flags go along; its own key never does.
+        let mut client = HeaderMap::new();
+        client.insert("anthropic-version", HeaderValue::from_static("2099-01-01"));
+        client.append("anthropic-beta", HeaderValue::from_static("a-2025"));
+        client.append("anthropic-beta", HeaderValue::from_static("b-2025"));
+        client.insert("x-api-key", HeaderValue::from_static("pk-platform"));
+        let h = c
+            .key_request_headers(
+                &an,
+                &request(Endpoint::Messages, &client),
+                KeyHeader::Anthropic,
+            )
+            .unwrap();
+        assert_eq!(h.get("anthropic-version").unwrap(), "2099-01-01");
+        let betas: Vec<_> = h.get_all("anthropic-beta").iter().collect();
+        assert_eq!(betas, ["a-2025", "b-2025"]);
+        assert_eq!(h.get("x-api-key").unwrap(), "sk-test");
+
+        let mut bad = account(Provider::Anthropic, None);
+        bad.credentials = Some(Credentials::ApiKey {
+            key: Secret::new("bad\nkey"),
+        });
+        let e = c
+            .key_request_headers(
+                &bad,
+                &request(Endpoint::Messages, &none),
+                KeyHeader::Anthropic,
+            )
+            .unwrap_err();
+        assert!(!e.to_string().contains("bad"));
     }
 
     #[test]

@@ -158,6 +158,10 @@ pub fn classify_stream_json(
             StreamEventClass::Lifecycle
         }
         t if t.starts_with("codex.") => StreamEventClass::Lifecycle,
+        // Anthropic Messages streams (Anthropic-key accounts): the opening and keep-alives
+        // carry no content; `message_stop` ends the stream.
+        "message_start" | "ping" => StreamEventClass::Lifecycle,
+        "message_stop" => StreamEventClass::Terminal,
         "error" | "response.failed" => StreamEventClass::Failed(stream_failure(json, now_ms)),
         "response.completed" | "response.done" | "response.incomplete" => {
             let failed = json
@@ -271,6 +275,8 @@ const QUOTA_CODES: &[&str] = &[
     "insufficient_quota",
 ];
 const QUOTA_PHRASES: &[&str] = &[
+    // Anthropic: a prepaid organisation out of credits; other accounts may still serve.
+    "credit balance is too low",
     "you've hit your usage limit",
     "you\u{2019}ve hit your usage limit",
     "the usage limit has been reached",
@@ -395,7 +401,11 @@ impl ResetHints {
         now_ms: UnixMillis,
     ) -> Self {
         let mut hints = ResetHints::from_body(body, now_ms);
-        hints.retry_after_secs = headers("retry-after").and_then(|v| parse_retry_after(v, now_ms));
+        // Azure OpenAI also sends the finer `retry-after-ms`; it wins when present.
+        hints.retry_after_secs = headers("retry-after-ms")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|ms| ms.div_ceil(1000))
+            .or_else(|| headers("retry-after").and_then(|v| parse_retry_after(v, now_ms)));
         let usage = parse_codex_usage_headers(headers, now_ms);
         let windows = [usage.primary, usage.secondary];
         let exhausted = windows
@@ -590,5 +600,106 @@ mod tests {
             Some(ErrorClass::QuotaExhausted)
         );
         assert_eq!(Outcome::Success.error_class(), None);
+    }
+
+    fn lookup<'a>(h: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<&'a str> + 'a {
+        move |n: &str| h.iter().find(|(k, _)| *k == n).map(|(_, v)| *v)
+    }
+
+    #[test]
+    fn anthropic_answers() {
+        let now = 1_000_000;
+        let rl = br#"{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}"#;
+        assert_eq!(
+            classify_response(429, lookup(&[("retry-after", "7")]), rl, now),
+            Outcome::RateLimited {
+                retry_after_secs: Some(7),
+                resets_at_ms: Some(now + 7000)
+            }
+        );
+        let overloaded =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert_eq!(
+            classify_response(529, lookup(&[]), overloaded, now),
+            Outcome::Upstream5xx
+        );
+        let auth = br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
+        assert_eq!(
+            classify_response(401, lookup(&[]), auth, now),
+            Outcome::AuthFailed
+        );
+        let perm = br#"{"type":"error","error":{"type":"permission_error","message":"no"}}"#;
+        assert_eq!(
+            classify_response(403, lookup(&[]), perm, now),
+            Outcome::Forbidden
+        );
+        let credits = br#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API."}}"#;
+        assert!(matches!(
+            classify_response(400, lookup(&[]), credits, now),
+            Outcome::QuotaExhausted { .. }
+        ));
+        let bad = br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
+        assert_eq!(
+            classify_response(400, lookup(&[]), bad, now),
+            Outcome::ClientError
+        );
+    }
+
+    #[test]
+    fn azure_retry_after_ms_wins() {
+        let body = br#"{"error":{"code":"429","message":"Requests to the ChatCompletions_Create Operation have exceeded call rate limit."}}"#;
+        assert_eq!(
+            classify_response(
+                429,
+                lookup(&[("retry-after", "60"), ("retry-after-ms", "1500")]),
+                body,
+                0
+            ),
+            Outcome::RateLimited {
+                retry_after_secs: Some(2),
+                resets_at_ms: Some(2000)
+            }
+        );
+    }
+
+    #[test]
+    fn anthropic_stream_events() {
+        let class = |name: &str, data: &str| {
+            let ev = SseEvent::new(Some(name), data);
+            classify_stream_event(&ev, 0)
+        };
+        assert_eq!(
+            class("message_start", r#"{"type":"message_start","message":{}}"#),
+            StreamEventClass::Lifecycle
+        );
+        assert_eq!(
+            class("ping", r#"{"type":"ping"}"#),
+            StreamEventClass::Lifecycle
+        );
+        assert_eq!(
+            class(
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#
+            ),
+            StreamEventClass::Content
+        );
+        assert_eq!(
+            class("message_stop", r#"{"type":"message_stop"}"#),
+            StreamEventClass::Terminal
+        );
+        assert_eq!(
+            class(
+                "error",
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+            ),
+            StreamEventClass::Failed(Outcome::Upstream5xx)
+        );
+        assert!(matches!(
+            class(
+                "error",
+                r#"{"type":"error","error":{"type":"rate_limit_error","message":"later"}}"#
+            ),
+            StreamEventClass::Failed(Outcome::RateLimited { .. })
+        ));
     }
 }

@@ -94,22 +94,44 @@ fn partial(v: &Value) -> Partial {
     usage_object(v).map(partial_of_usage).unwrap_or_default()
 }
 
+/// Anthropic counts cache reads and cache writes apart from `input_tokens`; the other APIs
+/// (and our logs) count them in. Without either cache field the input is as reported.
+fn anthropic_input(input: Option<u64>, read: Option<u64>, written: Option<u64>) -> Option<u64> {
+    if read.is_none() && written.is_none() {
+        return input;
+    }
+    Some(
+        input
+            .unwrap_or(0)
+            .saturating_add(read.unwrap_or(0))
+            .saturating_add(written.unwrap_or(0)),
+    )
+}
+
 fn partial_of_usage(u: &Value) -> Partial {
     if !u.is_object() {
         return Partial::default();
     }
+    let reported = first(u, &[&["input_tokens"], &["prompt_tokens"]]);
+    let details = first(
+        u,
+        &[
+            &["input_tokens_details", "cached_tokens"],
+            &["prompt_tokens_details", "cached_tokens"],
+        ],
+    );
+    let read = count(u.get("cache_read_input_tokens"));
+    let written = count(u.get("cache_creation_input_tokens"));
+    let input = if details.is_some() {
+        reported
+    } else {
+        anthropic_input(reported, read, written)
+    };
     Partial {
-        input: first(u, &[&["input_tokens"], &["prompt_tokens"]]),
+        input,
         output: first(u, &[&["output_tokens"], &["completion_tokens"]]),
         total: first(u, &[&["total_tokens"]]),
-        cached: first(
-            u,
-            &[
-                &["input_tokens_details", "cached_tokens"],
-                &["prompt_tokens_details", "cached_tokens"],
-                &["cache_read_input_tokens"],
-            ],
-        ),
+        cached: details.or(read),
         reasoning: first(
             u,
             &[
@@ -172,6 +194,7 @@ struct RawUsage {
     output_tokens_details: Option<RawDetails>,
     completion_tokens_details: Option<RawDetails>,
     cache_read_input_tokens: Option<RawCount>,
+    cache_creation_input_tokens: Option<RawCount>,
 }
 
 impl RawUsage {
@@ -179,13 +202,20 @@ impl RawUsage {
         let detail = |d: &Option<RawDetails>, f: fn(&RawDetails) -> &Option<RawCount>| {
             d.as_ref().and_then(|d| RawCount::get(f(d)))
         };
+        let reported = RawCount::get(&self.input_tokens).or(RawCount::get(&self.prompt_tokens));
+        let details = detail(&self.input_tokens_details, |d| &d.cached_tokens)
+            .or_else(|| detail(&self.prompt_tokens_details, |d| &d.cached_tokens));
+        let read = RawCount::get(&self.cache_read_input_tokens);
+        let written = RawCount::get(&self.cache_creation_input_tokens);
         Partial {
-            input: RawCount::get(&self.input_tokens).or(RawCount::get(&self.prompt_tokens)),
+            input: if details.is_some() {
+                reported
+            } else {
+                anthropic_input(reported, read, written)
+            },
             output: RawCount::get(&self.output_tokens).or(RawCount::get(&self.completion_tokens)),
             total: RawCount::get(&self.total_tokens),
-            cached: detail(&self.input_tokens_details, |d| &d.cached_tokens)
-                .or_else(|| detail(&self.prompt_tokens_details, |d| &d.cached_tokens))
-                .or(RawCount::get(&self.cache_read_input_tokens)),
+            cached: details.or(read),
             reasoning: detail(&self.output_tokens_details, |d| &d.reasoning_tokens)
                 .or_else(|| detail(&self.completion_tokens_details, |d| &d.reasoning_tokens)),
         }
@@ -288,6 +318,8 @@ mod tests {
             c["usage"].clone(),
             r["response"]["usage"].clone(),
             json!({"input_tokens": 9, "cache_read_input_tokens": 8, "output_tokens": 1}),
+            json!({"input_tokens": 9, "cache_creation_input_tokens": 3, "output_tokens": 1}),
+            json!({"cache_read_input_tokens": 2, "input_tokens_details": {"cached_tokens": 1}}),
             json!({"prompt_tokens": 2.9, "completion_tokens": "x", "total_tokens": -1}),
             json!({"prompt_tokens_details": null, "input_tokens_details": {"cached_tokens": 1}}),
             json!({"input_tokens_details": "odd", "prompt_tokens": 4}),
@@ -309,6 +341,15 @@ mod tests {
         assert_eq!(usage_from_usage_object(&json!({})), None);
         let a = json!({"message": {"usage": {"input_tokens": 9, "cache_read_input_tokens": 8, "output_tokens": 1}}});
         assert_eq!(usage_from_json(&a).map(|u| u.cached_input_tokens), Some(8));
+        // Anthropic's input_tokens leaves out cache reads and writes; ours counts them in.
+        let w = json!({"usage": {"input_tokens": 9, "cache_read_input_tokens": 8,
+            "cache_creation_input_tokens": 5, "output_tokens": 1}});
+        let u = usage_from_json(&w).unwrap();
+        assert_eq!(
+            (u.input_tokens, u.cached_input_tokens, u.total_tokens),
+            (22, 8, 23)
+        );
+        assert_eq!(usage_from_json(&a).map(|u| u.input_tokens), Some(17));
         assert_eq!(usage_from_json(&json!({"usage": null})), None);
         assert_eq!(usage_from_body(b"not json"), None);
         assert_eq!(

@@ -503,6 +503,7 @@ fn usage_value() -> impl Strategy<Value = Value> {
         Just("completion_tokens"),
         Just("total_tokens"),
         Just("cache_read_input_tokens"),
+        Just("cache_creation_input_tokens"),
         Just("unrelated"),
     ];
     let details = prop_oneof![

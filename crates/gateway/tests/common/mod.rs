@@ -68,6 +68,30 @@ pub fn openai_account(id: &str, key: &str, base: &str, priority: i32) -> Account
     a
 }
 
+/// An Azure OpenAI account: one deployment of the endpoint, the key in `api-key`.
+pub fn azure_account(
+    id: &str,
+    key: &str,
+    endpoint: &str,
+    deployment: &str,
+    priority: i32,
+) -> AccountState {
+    let mut a = openai_account(id, key, endpoint, priority);
+    a.account.spec.provider = Provider::AzureOpenAi;
+    a.account.spec.azure = Some(poolgate_core::AzureConfig {
+        deployment: deployment.into(),
+        api_version: "2025-04-01-preview".into(),
+    });
+    a
+}
+
+/// An Anthropic API-key account.
+pub fn anthropic_account(id: &str, key: &str, base: &str, priority: i32) -> AccountState {
+    let mut a = openai_account(id, key, base, priority);
+    a.account.spec.provider = Provider::Anthropic;
+    a
+}
+
 pub fn platform_key(id: &str, plaintext: &str) -> PlatformKey {
     PlatformKey {
         id: id.into(),

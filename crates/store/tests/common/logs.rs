@@ -1,6 +1,6 @@
 //! Deterministic request-log records for tests and the ingest benchmark.
 
-use poolgate_core::{Attempt, ErrorClass, RequestLog};
+use poolgate_core::{Attempt, ErrorClass, RequestLog, Translation};
 
 /// SplitMix64: tiny, deterministic, good enough to spread test data.
 pub struct Rng(u64);
@@ -54,6 +54,19 @@ pub fn generate(prefix: &str, n: usize, seed: u64) -> Vec<RequestLog> {
             let key = (rng.below(50) != 0).then(|| format!("key_{:02}", rng.below(KEYS)));
             let model = (rng.below(40) != 0)
                 .then(|| MODELS[rng.below(MODELS.len() as u64) as usize].to_string());
+            // Claude names come in over Messages and are served as a Codex model.
+            let claude = model.as_deref().is_some_and(|m| m.starts_with("claude"));
+            let (protocol, translation, upstream_model) = if claude {
+                (
+                    "anthropic_messages",
+                    Translation::MessagesToResponses,
+                    Some("gpt-5".to_string()),
+                )
+            } else if rng.below(10) == 0 {
+                ("openai_chat", Translation::ChatToResponses, None)
+            } else {
+                ("openai_responses", Translation::None, None)
+            };
             let attempts = match &account {
                 Some(a) if rng.below(5) == 0 => vec![
                     Attempt {
@@ -86,7 +99,7 @@ pub fn generate(prefix: &str, n: usize, seed: u64) -> Vec<RequestLog> {
                 method: "POST".into(),
                 path: "/v1/responses".into(),
                 model,
-                protocol: "openai_responses".into(),
+                protocol: protocol.into(),
                 status,
                 error_class,
                 input_tokens: rng.below(5000),
@@ -96,6 +109,8 @@ pub fn generate(prefix: &str, n: usize, seed: u64) -> Vec<RequestLog> {
                 ttfb_ms: (status == 200).then(|| rng.below(900) as u32),
                 duration_ms: rng.below(20_000) as u32,
                 node: format!("gw-{}", rng.below(3)),
+                translation,
+                upstream_model,
             }
         })
         .collect()

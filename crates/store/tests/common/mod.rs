@@ -141,6 +141,21 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// Runs `sql` behind the store's back (rows as an older poolgate wrote them).
+    pub async fn exec(&self, sql: &str) {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => {
+                rusqlite::Connection::open(path)
+                    .unwrap()
+                    .execute_batch(sql)
+                    .unwrap();
+            }
+            Backend::Postgres { url } => pg_client(url).await.batch_execute(sql).await.unwrap(),
+        }
+    }
+}
+
 pub const TABLES: &[&str] = &[
     "accounts",
     "credentials",

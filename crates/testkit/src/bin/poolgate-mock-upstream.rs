@@ -1,7 +1,8 @@
-//! `poolgate-mock-upstream`: the mock Codex/OpenAI/OAuth upstream as a process, for
-//! benchmarks, black-box tests and the README demo. Prints `listening on http://ADDR` once
-//! ready and serves until SIGTERM or SIGINT. Faults and usage are set through `/__mock/…`
-//! (see `poolgate_testkit::mock::control`).
+//! `poolgate-mock-upstream`: the mock upstream (Codex backend, OpenAI, Anthropic Messages,
+//! Azure OpenAI, OAuth; routes in `poolgate_testkit::mock`) as a process, for benchmarks,
+//! black-box tests and the README demo. Prints `listening on http://ADDR` once ready and
+//! serves until SIGTERM or SIGINT. Faults and usage are set through `/__mock/…` (see
+//! `poolgate_testkit::mock::control`).
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -142,12 +142,30 @@ impl Frames {
         data: &serde_json::Value,
         delta: bool,
     ) {
+        self.event_with_type(name, Some(seq), data, delta);
+    }
+
+    /// Appends an Anthropic event: `event: NAME` and data `{"type":NAME,…}` with the fields of
+    /// `data` (an object) after the type, as the real API orders them.
+    pub(crate) fn named_event(&mut self, name: &str, data: &serde_json::Value, delta: bool) {
+        self.event_with_type(name, None, data, delta);
+    }
+
+    fn event_with_type(
+        &mut self,
+        name: &str,
+        seq: Option<u64>,
+        data: &serde_json::Value,
+        delta: bool,
+    ) {
         self.buf.extend_from_slice(b"event: ");
         self.buf.extend_from_slice(name.as_bytes());
         self.buf.extend_from_slice(b"\ndata: {\"type\":");
         let _ = serde_json::to_writer(&mut self.buf, name);
-        self.buf.extend_from_slice(b",\"sequence_number\":");
-        self.buf.extend_from_slice(seq.to_string().as_bytes());
+        if let Some(seq) = seq {
+            self.buf.extend_from_slice(b",\"sequence_number\":");
+            self.buf.extend_from_slice(seq.to_string().as_bytes());
+        }
         let start = self.buf.len();
         let _ = serde_json::to_writer(&mut self.buf, data);
         match self.buf.get(start..) {
@@ -271,11 +289,15 @@ mod tests {
         let mut f = Frames::default();
         f.typed_event("x.y", 3, &json!({"a": 1}), false);
         f.typed_event("z", 4, &json!({}), false);
+        f.named_event("ping", &json!({}), false);
+        f.named_event("message_stop", &json!({"b": [2]}), false);
         let text = String::from_utf8(f.buf).unwrap();
         assert_eq!(
             text,
             "event: x.y\ndata: {\"type\":\"x.y\",\"sequence_number\":3,\"a\":1}\n\n\
-             event: z\ndata: {\"type\":\"z\",\"sequence_number\":4}\n\n"
+             event: z\ndata: {\"type\":\"z\",\"sequence_number\":4}\n\n\
+             event: ping\ndata: {\"type\":\"ping\"}\n\n\
+             event: message_stop\ndata: {\"type\":\"message_stop\",\"b\":[2]}\n\n"
         );
     }
 

@@ -6,11 +6,23 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::body::MockBody;
-use super::util::{json_response, set_header};
+use super::util::{
+    anthropic_error, anthropic_request_id, azure_error, json_response, rfc3339, set_header,
+    set_header_str,
+};
 
 /// Something going wrong for one account. Faults are keyed by the bearer token the request
 /// carries (the refresh token or code on the OAuth endpoint) and apply to the inference, models
 /// and usage endpoints.
+///
+/// The documented answers are the OpenAI/Codex ones. The Anthropic Messages API renders them
+/// its way: `RateLimited` and `UsageLimit` → 429 `rate_limit_error` with `retry-after` and
+/// `anthropic-ratelimit-requests-reset` (RFC 3339); `Unauthorized` → 401
+/// `authentication_error`; `Deactivated` → 403 `permission_error`; `ServerError` → that
+/// status with `api_error` (529: `overloaded_error`); in-stream failures → an `event: error`
+/// frame whose `error.type` is the code. Azure OpenAI: 429s carry `retry-after` and
+/// `retry-after-ms` with body `{"error":{"code":"429",…}}`; `Unauthorized` → 401 and
+/// `Deactivated` → 403, both `{"error":{"code":"401"|"403",…}}`; the rest as OpenAI.
 ///
 /// JSON form (control API): `{"kind":"usage_limit","resets_in_secs":3600}`, kinds in snake_case.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,7 +38,8 @@ pub enum Fault {
     Unauthorized,
     /// 401 `account_deactivated`.
     Deactivated,
-    /// A 5xx status (anything outside 500..=599 becomes 500).
+    /// A 5xx status (anything outside 500..=599 becomes 500); on the Anthropic API 529 is
+    /// `overloaded_error`, any other status `api_error`.
     ServerError { status: u16 },
     /// The response head is delayed, then the request is served normally.
     SlowFirstByte { delay_ms: u64 },
@@ -104,6 +117,11 @@ pub(crate) enum Surface {
     Api,
     /// The OAuth token endpoint: auth failures use OAuth refresh error codes.
     OAuth,
+    /// The Anthropic Messages API: Anthropic error types and rate-limit headers; the number
+    /// is the request's id (`request-id` header and body field).
+    Anthropic(u64),
+    /// Azure OpenAI: the gateway's `{"error":{"code":"429",…}}` shapes and `retry-after-ms`.
+    Azure,
 }
 
 /// The immediate HTTP answer of an HTTP-level fault; `None` for faults that shape the normal
@@ -113,6 +131,19 @@ pub(crate) fn http_answer(
     surface: Surface,
     now_secs: i64,
 ) -> Option<Response<MockBody>> {
+    match surface {
+        Surface::Anthropic(id) => {
+            if let Some(r) = anthropic_answer(fault, id, now_secs) {
+                return Some(r);
+            }
+        }
+        Surface::Azure => {
+            if let Some(r) = azure_answer(fault) {
+                return Some(r);
+            }
+        }
+        Surface::Api | Surface::OAuth => {}
+    }
     let resp = match fault {
         Fault::RateLimited { retry_after_secs } => {
             let body = json!({"error": {
@@ -142,7 +173,7 @@ pub(crate) fn http_answer(
             json_response(StatusCode::TOO_MANY_REQUESTS, body.to_string())
         }
         Fault::Unauthorized => match surface {
-            Surface::Api => openai_error(
+            Surface::Api | Surface::Anthropic(_) | Surface::Azure => openai_error(
                 StatusCode::UNAUTHORIZED,
                 "Provided authentication token is expired. Please try signing in again.",
                 "token_expired",
@@ -159,10 +190,7 @@ pub(crate) fn http_answer(
             "account_deactivated",
         ),
         Fault::ServerError { status } => {
-            let status = StatusCode::from_u16(*status)
-                .ok()
-                .filter(StatusCode::is_server_error)
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let status = server_status(*status);
             let body = json!({"error": {
                 "message": "The server had an error while processing your request. Sorry about that!",
                 "type": "server_error",
@@ -198,7 +226,7 @@ pub(crate) fn http_answer(
             "unsupported_country_region_territory",
         ),
         Fault::RefreshTokenExpired => match surface {
-            Surface::Api => openai_error(
+            Surface::Api | Surface::Anthropic(_) | Surface::Azure => openai_error(
                 StatusCode::UNAUTHORIZED,
                 "Provided authentication token is expired. Please try signing in again.",
                 "token_expired",
@@ -216,6 +244,129 @@ pub(crate) fn http_answer(
         | Fault::FailureAfterContent { .. } => return None,
     };
     Some(resp)
+}
+
+/// Reset headers of an Anthropic 429: `retry-after` in seconds and the `anthropic-ratelimit-*`
+/// family with the reset as RFC 3339.
+fn anthropic_limited(message: &str, id: u64, reset_in: u64, now_secs: i64) -> Response<MockBody> {
+    let mut r = anthropic_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        message,
+        &anthropic_request_id(id),
+    );
+    let reset = rfc3339(now_secs.saturating_add(i64::try_from(reset_in).unwrap_or(i64::MAX / 2)));
+    set_header(&mut r, header::RETRY_AFTER, HeaderValue::from(reset_in));
+    for (name, value) in [
+        ("anthropic-ratelimit-requests-limit", "50"),
+        ("anthropic-ratelimit-requests-remaining", "0"),
+        ("anthropic-ratelimit-requests-reset", reset.as_str()),
+    ] {
+        set_header_str(&mut r, http::HeaderName::from_static(name), value);
+    }
+    r
+}
+
+/// The Anthropic rendering of HTTP-level faults; `None` where the generic answer fits
+/// (Challenge, RegionBlocked) or the fault shapes the normal answer.
+fn anthropic_answer(fault: &Fault, id: u64, now_secs: i64) -> Option<Response<MockBody>> {
+    let rid = anthropic_request_id(id);
+    let r = match fault {
+        Fault::RateLimited { retry_after_secs } => anthropic_limited(
+            "This request would exceed the rate limit for your organization of 50 requests per minute. Please try again later.",
+            id,
+            *retry_after_secs,
+            now_secs,
+        ),
+        // Anthropic has no usage windows: a spent limit is a 429 with a far reset.
+        Fault::UsageLimit { resets_in_secs } => anthropic_limited(
+            "You have reached your specified API usage limits. You will regain access when the limit resets.",
+            id,
+            *resets_in_secs,
+            now_secs,
+        ),
+        Fault::Unauthorized | Fault::RefreshTokenExpired => anthropic_error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid x-api-key",
+            &rid,
+        ),
+        Fault::Deactivated => anthropic_error(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "Your API key does not have permission to use the specified resource.",
+            &rid,
+        ),
+        Fault::ServerError { status } => {
+            let status = server_status(*status);
+            if status.as_u16() == 529 {
+                anthropic_error(status, "overloaded_error", "Overloaded", &rid)
+            } else {
+                anthropic_error(status, "api_error", "Internal server error", &rid)
+            }
+        }
+        Fault::Challenge
+        | Fault::RegionBlocked
+        | Fault::SlowFirstByte { .. }
+        | Fault::StallMidStream { .. }
+        | Fault::DropConnection { .. }
+        | Fault::InStreamFailure { .. }
+        | Fault::FailureAfterContent { .. } => return None,
+    };
+    Some(r)
+}
+
+/// The Azure OpenAI rendering of auth and rate-limit faults; `None` where Azure relays the
+/// model service's OpenAI-shaped answer (5xx) or the generic answer fits.
+fn azure_answer(fault: &Fault) -> Option<Response<MockBody>> {
+    let limited = |secs: u64, what: &str| {
+        let mut r = azure_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "429",
+            &format!(
+                "Requests to the ChatCompletions_Create Operation under Azure OpenAI API have exceeded {what} of your current OpenAI S0 pricing tier. Please retry after {secs} seconds."
+            ),
+        );
+        set_header(&mut r, header::RETRY_AFTER, HeaderValue::from(secs));
+        set_header(
+            &mut r,
+            http::HeaderName::from_static("retry-after-ms"),
+            HeaderValue::from(secs.saturating_mul(1000)),
+        );
+        r
+    };
+    let r = match fault {
+        Fault::RateLimited { retry_after_secs } => limited(*retry_after_secs, "call rate limit"),
+        Fault::UsageLimit { resets_in_secs } => limited(*resets_in_secs, "token rate limit"),
+        Fault::Unauthorized | Fault::RefreshTokenExpired => {
+            azure_error(StatusCode::UNAUTHORIZED, "401", AZURE_ACCESS_DENIED)
+        }
+        Fault::Deactivated => azure_error(
+            StatusCode::FORBIDDEN,
+            "403",
+            "Access denied: the Azure OpenAI resource is disabled.",
+        ),
+        Fault::ServerError { .. }
+        | Fault::Challenge
+        | Fault::RegionBlocked
+        | Fault::SlowFirstByte { .. }
+        | Fault::StallMidStream { .. }
+        | Fault::DropConnection { .. }
+        | Fault::InStreamFailure { .. }
+        | Fault::FailureAfterContent { .. } => return None,
+    };
+    Some(r)
+}
+
+/// Azure's answer to a missing or wrong `api-key`.
+pub(crate) const AZURE_ACCESS_DENIED: &str = "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.";
+
+/// A fault's 5xx status (anything outside 500..=599 becomes 500).
+fn server_status(status: u16) -> StatusCode {
+    StatusCode::from_u16(status)
+        .ok()
+        .filter(StatusCode::is_server_error)
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 const CF_MITIGATED: http::HeaderName = http::HeaderName::from_static("cf-mitigated");

@@ -1,10 +1,12 @@
 //! A mock of the upstream providers poolgate fronts, for tests, benchmarks and the README
 //! demo: the ChatGPT Codex backend (SSE `/responses`, compact, models), the usage endpoint,
-//! the OAuth token endpoint, and the OpenAI API (chat completions, responses, models), with
-//! fault injection per account.
+//! the OAuth token endpoint, the OpenAI API (chat completions, responses, models), the
+//! Anthropic Messages API and Azure OpenAI (chat completions per deployment, responses),
+//! with fault injection per account.
 //!
-//! Accounts are told apart by the bearer token (OAuth access token or API key); any token is
-//! accepted unless a [`Fault`] says otherwise. Answers are deterministic: the text is
+//! Accounts are told apart by the token they carry (OAuth access token or API key: the bearer
+//! token, Anthropic's `x-api-key`, Azure's `api-key`); any token is accepted unless a
+//! [`Fault`] says otherwise. Answers are deterministic: the text is
 //! `echo: <last user text>` (or `tool result: <output>` after a tool call, or a function call
 //! when the last user message says "call the tool" / "use tool NAME" and function tools are
 //! offered), split into `x-mock-deltas` deltas (default 4) with `x-mock-delta-delay-ms`
@@ -19,11 +21,18 @@
 //! | `POST /oauth/token` | `refresh_token` (rotating, single use) and `authorization_code` |
 //! | `GET /oauth/authorize`, `POST /api/accounts/deviceauth/{usercode,token}` | logins, see `login.rs` |
 //! | `POST /v1/chat/completions`, `POST /v1/responses`, `GET /v1/models` | OpenAI API |
+//! | `POST /v1/messages` (also `?beta=true`) | Anthropic Messages, JSON or SSE; key in `x-api-key` (or bearer); needs `anthropic-version` |
+//! | `POST /openai/deployments/{d}/chat/completions?api-version=V` | Azure chat completions; key in `api-key`; `model` in the answer is `{d}` |
+//! | `POST /openai/responses?api-version=V` | Azure responses; the body's `model` is the deployment |
 //! | `/__mock/…` | control API, see [`control`] |
+//!
+//! Azure answers 404 `Resource not found` without `api-version` and 404 `DeploymentNotFound`
+//! for the deployment named `missing`; any other deployment name is served.
 //!
 //! The server speaks HTTP/1.1 (keep-alive) and HTTP/2 with prior knowledge, sets `TCP_NODELAY`
 //! on every connection, and sends an unpaced stream as one chunk.
 
+mod anthropic;
 mod body;
 mod codex;
 pub mod control;
@@ -153,6 +162,19 @@ impl MockUpstream {
     /// The OpenAI API base (`{url}/v1`).
     pub fn openai_base_url(&self) -> String {
         format!("{}/v1", self.inner.url)
+    }
+
+    /// The Anthropic API base (`{url}`; the client appends `/v1/messages`), as
+    /// `ANTHROPIC_BASE_URL` or an Anthropic account's base URL.
+    pub fn anthropic_base_url(&self) -> String {
+        self.inner.url.clone()
+    }
+
+    /// The Azure OpenAI resource endpoint (`{url}`; requests go to
+    /// `{url}/openai/deployments/{deployment}/chat/completions?api-version=V` and
+    /// `{url}/openai/responses?api-version=V`).
+    pub fn azure_endpoint(&self) -> String {
+        self.inner.url.clone()
     }
 
     /// The OAuth issuer (`{url}`; the token endpoint is `{url}/oauth/token`).

@@ -1,4 +1,5 @@
-//! The OpenAI API: `/v1/chat/completions`, `/v1/responses`, `/v1/models`.
+//! The OpenAI API: `/v1/chat/completions`, `/v1/responses`, `/v1/models`; and the same two
+//! inference routes as Azure OpenAI serves them (see [`Api::Azure`]).
 
 use std::sync::LazyLock;
 
@@ -7,17 +8,87 @@ use http::{HeaderName, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::body::{Aborted, Frames, MockBody};
-use super::fault::{Surface, in_stream_message};
+use super::fault::{AZURE_ACCESS_DENIED, Surface, in_stream_message};
 use super::responses::{Answer, Failure};
 use super::server::Cx;
 use super::state::Scope;
 use super::turn::{Reply, Turn, chat_turn, responses_turn, split_exact, split_text};
 use super::util::{
-    fnv64, header_str, json_response, json_value, now_secs, openai_error, set_header_str,
-    sse_response,
+    azure_error, fnv64, header_str, json_response, json_value, now_secs, openai_error, query_param,
+    set_header_str, sse_response,
 };
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const APIM_REQUEST_ID: HeaderName = HeaderName::from_static("apim-request-id");
+
+/// Which API serves the OpenAI-shaped routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api<'a> {
+    /// `api.openai.com/v1`: a bearer key (or `x-api-key`/`api-key`).
+    OpenAi,
+    /// Azure OpenAI under `/openai/…?api-version=V`: the `api-key` header; chat completions
+    /// name the deployment in the path (`None` for `/openai/responses`, whose body `model` is
+    /// the deployment).
+    Azure { deployment: Option<&'a str> },
+}
+
+/// The deployment name Azure answers `DeploymentNotFound` for.
+pub(crate) const MISSING_DEPLOYMENT: &str = "missing";
+
+impl Api<'_> {
+    fn token<'c>(&self, cx: &'c Cx) -> Option<&'c str> {
+        match self {
+            Api::OpenAi => cx.token(),
+            Api::Azure { .. } => header_str(&cx.headers, "api-key"),
+        }
+    }
+
+    fn missing_key(&self) -> Response<MockBody> {
+        match self {
+            Api::OpenAi => missing_key(),
+            Api::Azure { .. } => azure_error(StatusCode::UNAUTHORIZED, "401", AZURE_ACCESS_DENIED),
+        }
+    }
+
+    fn surface(&self) -> Surface {
+        match self {
+            Api::OpenAi => Surface::Api,
+            Api::Azure { .. } => Surface::Azure,
+        }
+    }
+
+    /// Azure's routing refusals: no `api-version` (404, as Azure answers), or the deployment
+    /// named [`MISSING_DEPLOYMENT`] (the path's, else the body's `model`).
+    fn refusal(&self, cx: &Cx, body: Option<&Value>) -> Option<Response<MockBody>> {
+        let Api::Azure { deployment } = self else {
+            return None;
+        };
+        if query_param(cx.uri.query(), "api-version").is_none_or(str::is_empty) {
+            return Some(azure_error(
+                StatusCode::NOT_FOUND,
+                "404",
+                "Resource not found",
+            ));
+        }
+        let deployment =
+            deployment.or_else(|| body.and_then(|b| b.get("model")).and_then(Value::as_str));
+        (deployment == Some(MISSING_DEPLOYMENT)).then(|| {
+            azure_error(
+                StatusCode::NOT_FOUND,
+                "DeploymentNotFound",
+                "The API deployment for this resource does not exist. If you created the deployment within the last 5 minutes, please wait a moment and try again.",
+            )
+        })
+    }
+
+    fn request_ids(&self, r: &mut Response<MockBody>, id: u64) {
+        let rid = format!("req_{id:016x}");
+        set_header_str(r, REQUEST_ID, &rid);
+        if let Api::Azure { .. } = self {
+            set_header_str(r, APIM_REQUEST_ID, &rid);
+        }
+    }
+}
 
 fn missing_key() -> Response<MockBody> {
     openai_error(
@@ -74,20 +145,25 @@ fn has_model(body: &Value) -> bool {
         .is_some_and(|m| !m.is_empty())
 }
 
-/// `POST /v1/chat/completions`.
-pub(crate) async fn chat(cx: &Cx) -> Result<Response<MockBody>, Aborted> {
+/// `POST /v1/chat/completions`, and Azure's
+/// `POST /openai/deployments/{deployment}/chat/completions` (no `model` needed: the answer
+/// names the deployment).
+pub(crate) async fn chat(cx: &Cx, api: Api<'_>) -> Result<Response<MockBody>, Aborted> {
     let id = cx.inner.state.next_id();
-    let Some(token) = cx.token() else {
+    let Some(token) = api.token(cx) else {
         cx.intake(None, None, None);
-        return Ok(missing_key());
+        return Ok(api.missing_key());
     };
     let (body, stream, cache_key) = read_body(cx);
     let scope = if stream { Scope::Stream } else { Scope::Json };
     let intake = cx.intake(Some(token), Some(scope), cache_key);
-    let shaping = match cx.shape(intake.fault.clone(), Surface::Api).await {
+    let shaping = match cx.shape(intake.fault.clone(), api.surface()).await {
         Ok(s) => s,
         Err(r) => return Ok(r),
     };
+    if let Some(r) = api.refusal(cx, body.as_ref()) {
+        return Ok(r);
+    }
     if let Some(r) = unsupported_encoding(cx) {
         return Ok(r);
     }
@@ -97,7 +173,11 @@ pub(crate) async fn chat(cx: &Cx) -> Result<Response<MockBody>, Aborted> {
             None,
         ));
     };
-    if !has_model(&body) {
+    let deployment = match api {
+        Api::Azure { deployment } => deployment,
+        Api::OpenAi => None,
+    };
+    if deployment.is_none() && !has_model(&body) {
         return Ok(invalid("you must provide a model parameter", Some("model")));
     }
     if body
@@ -115,7 +195,10 @@ pub(crate) async fn chat(cx: &Cx) -> Result<Response<MockBody>, Aborted> {
         .and_then(|o| o.get("include_usage"))
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let turn = chat_turn(&body);
+    let mut turn = chat_turn(&body);
+    if let Some(d) = deployment {
+        turn.model = d.to_string();
+    }
     let (deltas, delay) = cx.pacing(&intake);
     let chat = Chat {
         turn: &turn,
@@ -135,7 +218,7 @@ pub(crate) async fn chat(cx: &Cx) -> Result<Response<MockBody>, Aborted> {
         let r = json_value(StatusCode::OK, &chat.completion());
         shaping.json(r)?
     };
-    set_header_str(&mut r, REQUEST_ID, &format!("req_{id:016x}"));
+    api.request_ids(&mut r, id);
     Ok(r)
 }
 
@@ -267,20 +350,24 @@ impl Chat<'_> {
     }
 }
 
-/// `POST /v1/responses` (streaming or not; no Codex rules).
-pub(crate) async fn responses(cx: &Cx) -> Result<Response<MockBody>, Aborted> {
+/// `POST /v1/responses` and Azure's `POST /openai/responses` (streaming or not; no Codex
+/// rules).
+pub(crate) async fn responses(cx: &Cx, api: Api<'_>) -> Result<Response<MockBody>, Aborted> {
     let id = cx.inner.state.next_id();
-    let Some(token) = cx.token() else {
+    let Some(token) = api.token(cx) else {
         cx.intake(None, None, None);
-        return Ok(missing_key());
+        return Ok(api.missing_key());
     };
     let (body, stream, cache_key) = read_body(cx);
     let scope = if stream { Scope::Stream } else { Scope::Json };
     let intake = cx.intake(Some(token), Some(scope), cache_key);
-    let shaping = match cx.shape(intake.fault.clone(), Surface::Api).await {
+    let shaping = match cx.shape(intake.fault.clone(), api.surface()).await {
         Ok(s) => s,
         Err(r) => return Ok(r),
     };
+    if let Some(r) = api.refusal(cx, body.as_ref()) {
+        return Ok(r);
+    }
     if let Some(r) = unsupported_encoding(cx) {
         return Ok(r);
     }
@@ -323,8 +410,45 @@ pub(crate) async fn responses(cx: &Cx) -> Result<Response<MockBody>, Aborted> {
     } else {
         shaping.json(json_value(StatusCode::OK, &answer.completed()))?
     };
-    set_header_str(&mut r, REQUEST_ID, &format!("req_{id:016x}"));
+    api.request_ids(&mut r, id);
     Ok(r)
+}
+
+/// Azure OpenAI routes under `/openai/`: `POST deployments/{deployment}/chat/completions` and
+/// `POST responses`, each with `?api-version=V`; anything else is Azure's 404.
+pub(crate) async fn azure(cx: &Cx, path: &str) -> Result<Response<MockBody>, Aborted> {
+    let deployment = path
+        .strip_prefix("/openai/deployments/")
+        .and_then(|rest| rest.strip_suffix("/chat/completions"))
+        .filter(|d| !d.is_empty() && !d.contains('/'));
+    let api = match (path, deployment) {
+        (_, Some(d)) => Api::Azure {
+            deployment: Some(d),
+        },
+        ("/openai/responses", None) => Api::Azure { deployment: None },
+        _ => {
+            cx.intake(header_str(&cx.headers, "api-key"), None, None);
+            return Ok(azure_error(
+                StatusCode::NOT_FOUND,
+                "404",
+                "Resource not found",
+            ));
+        }
+    };
+    if cx.method != http::Method::POST {
+        cx.intake(header_str(&cx.headers, "api-key"), None, None);
+        return Ok(azure_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "405",
+            "Method not allowed",
+        ));
+    }
+    match api {
+        Api::Azure {
+            deployment: Some(_),
+        } => chat(cx, api).await,
+        Api::Azure { deployment: None } | Api::OpenAi => responses(cx, api).await,
+    }
 }
 
 /// Model ids the mock's `/v1/models` lists.

@@ -17,9 +17,10 @@ use tokio::sync::watch;
 use super::MockConfig;
 use super::body::{Aborted, MockBody, Plan, Step};
 use super::fault::{Fault, Surface, http_answer};
+use super::openai::Api;
 use super::state::{Intake, RecordedRequest, Scope, State};
 use super::util::{bearer, header_str, now_secs, openai_error};
-use super::{codex, control, login, oauth, openai};
+use super::{anthropic, codex, control, login, oauth, openai};
 
 /// Upper bound on generated deltas per answer.
 const MAX_DELTAS: u32 = 100_000;
@@ -271,8 +272,10 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Mo
         "/backend-api/wham/usage" | "/api/codex/usage" if m == Method::GET => {
             codex::usage(&cx).await
         }
-        "/v1/chat/completions" if m == Method::POST => openai::chat(&cx).await,
-        "/v1/responses" if m == Method::POST => openai::responses(&cx).await,
+        "/v1/chat/completions" if m == Method::POST => openai::chat(&cx, Api::OpenAi).await,
+        "/v1/responses" if m == Method::POST => openai::responses(&cx, Api::OpenAi).await,
+        "/v1/messages" if m == Method::POST => anthropic::messages(&cx).await,
+        p if p.starts_with("/openai/") => openai::azure(&cx, p).await,
         "/v1/models" if m == Method::GET => openai::models(&cx).await,
         "/oauth/token" if m == Method::POST => oauth::token(&cx).await,
         "/oauth/authorize" if m == Method::GET => login::authorize(&cx),
@@ -285,6 +288,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Mo
         | "/api/codex/usage"
         | "/v1/chat/completions"
         | "/v1/responses"
+        | "/v1/messages"
         | "/v1/models"
         | "/oauth/token"
         | "/oauth/authorize"

@@ -123,6 +123,78 @@ pub(crate) fn chat_turn(body: &Value) -> Turn {
     }
 }
 
+/// The turn of an Anthropic Messages request (`system`, `messages`, `tools`): the last user
+/// message's text (its string content, or its last text block), or the content of its last
+/// `tool_result` block.
+pub(crate) fn messages_turn(body: &Value) -> Turn {
+    // Custom tools carry no type (or "custom"); server tools (web search, …) are not called.
+    let tools: Vec<Tool<'_>> = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter(|t| {
+                    t.get("type")
+                        .and_then(Value::as_str)
+                        .is_none_or(|ty| ty == "custom")
+                })
+                .filter_map(|t| {
+                    Some(Tool {
+                        name: t.get("name")?.as_str()?,
+                        parameters: t.get("input_schema"),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let system_chars = match body.get("system") {
+        Some(Value::String(s)) => s.chars().count(),
+        Some(Value::Array(blocks)) => blocks.iter().map(|b| str_len(b.get("text"))).sum(),
+        _ => 0,
+    };
+    let chars = system_chars + messages.iter().map(text_chars).sum::<usize>();
+    let last_user = messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"));
+    let blocks = last_user
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let block_type = |b: &Value| b.get("type").and_then(Value::as_str).map(str::to_string);
+    let tool_output = blocks
+        .iter()
+        .rev()
+        .find(|b| block_type(b).as_deref() == Some("tool_result"))
+        .map(|b| content_text(b.get("content")));
+    let text = match last_user.and_then(|m| m.get("content")) {
+        Some(Value::String(s)) => s.clone(),
+        _ => blocks
+            .iter()
+            .rev()
+            .find(|b| block_type(b).as_deref() == Some("text"))
+            .map(|b| str_text(b.get("text")))
+            .unwrap_or_default(),
+    };
+    Turn {
+        model: model_of(body),
+        reply: reply(&text, tool_output, &tools),
+        input_tokens: tokens_for(chars),
+        reasoning: false,
+        encrypted_reasoning: false,
+    }
+}
+
+fn str_text(v: Option<&Value>) -> String {
+    v.and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
 fn model_of(body: &Value) -> String {
     body.get("model")
         .and_then(Value::as_str)
@@ -350,6 +422,56 @@ mod tests {
         ], "tools": tools}));
         assert_eq!(t.reply, Reply::Text("tool result: 42".into()));
         assert_eq!(chat_turn(&json!({})).reply, Reply::Text("echo: ".into()));
+    }
+
+    #[test]
+    fn messages_turns() {
+        let tools = json!([
+            {"type": "web_search_20250305", "name": "web_search"},
+            {"name": "get_weather", "description": "w", "input_schema": {"type": "object",
+                "properties": {"city": {"type": "string"}}}},
+        ]);
+        let t = messages_turn(&json!({"model": "claude-x", "max_tokens": 10,
+        "system": [{"type": "text", "text": "sys"}],
+        "messages": [
+            {"role": "user", "content": "first"},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": [
+                {"type": "text", "text": "<reminder>"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA"}},
+                {"type": "text", "text": "second"},
+            ]},
+        ]}));
+        assert_eq!(t.reply, Reply::Text("echo: second".into()));
+        assert_eq!(t.model, "claude-x");
+        // 3 + 5 + 2 + 10 + 6 = 26 characters
+        assert_eq!(t.input_tokens, 7);
+        let t = messages_turn(&json!({"tools": tools, "messages": [
+            {"role": "user", "content": "please use tool get_weather"}]}));
+        assert_eq!(
+            t.reply,
+            Reply::ToolCall {
+                name: "get_weather".into(),
+                arguments: r#"{"city":"mock"}"#.into()
+            }
+        );
+        let t = messages_turn(&json!({"tools": tools, "messages": [
+            {"role": "user", "content": "call the tool"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                "content": [{"type": "text", "text": "rainy"}]}]},
+        ]}));
+        assert_eq!(t.reply, Reply::Text("tool result: rainy".into()));
+        // Server tools alone are never called.
+        let t = messages_turn(
+            &json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}],
+            "messages": [{"role": "user", "content": "call the tool"}]}),
+        );
+        assert_eq!(t.reply, Reply::Text("echo: call the tool".into()));
+        assert_eq!(
+            messages_turn(&json!({})).reply,
+            Reply::Text("echo: ".into())
+        );
     }
 
     #[test]

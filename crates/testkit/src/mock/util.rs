@@ -51,6 +51,36 @@ pub(crate) fn openai_error(
     )
 }
 
+/// An Anthropic-shaped error: `{"type":"error","error":{"type":TY,"message":…},"request_id":…}`
+/// with the `request-id` header the real API sends.
+pub(crate) fn anthropic_error(
+    status: StatusCode,
+    ty: &str,
+    message: &str,
+    request_id: &str,
+) -> Response<MockBody> {
+    let mut r = json_value(
+        status,
+        &json!({"type": "error", "error": {"type": ty, "message": message}, "request_id": request_id}),
+    );
+    set_header_str(&mut r, HeaderName::from_static("request-id"), request_id);
+    r
+}
+
+/// The `request-id` of an Anthropic answer.
+pub(crate) fn anthropic_request_id(id: u64) -> String {
+    format!("req_mock{id:016x}")
+}
+
+/// An Azure OpenAI gateway error: `{"error":{"code":CODE,"message":…}}` (the code is a string,
+/// often the status itself).
+pub(crate) fn azure_error(status: StatusCode, code: &str, message: &str) -> Response<MockBody> {
+    json_value(
+        status,
+        &json!({"error": {"code": code, "message": message}}),
+    )
+}
+
 pub(crate) fn sse_response(body: MockBody) -> Response<MockBody> {
     let mut r = Response::new(body);
     set_header(
@@ -150,6 +180,29 @@ pub(crate) fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
+/// `secs` since the epoch as RFC 3339 UTC (`2025-01-02T03:04:05Z`), the format of Anthropic's
+/// `anthropic-ratelimit-*-reset` headers.
+pub(crate) fn rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian, eras of 400 years).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 /// FNV-1a, 64 bit: a stable, non-cryptographic fingerprint (tokens are never echoed).
 pub(crate) fn fnv64(s: &[u8]) -> u64 {
     s.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
@@ -174,6 +227,14 @@ mod tests {
                 ("x".to_string(), String::new()),
             ]
         );
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_735_787_045), "2025-01-02T03:04:05Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
     }
 
     #[test]
