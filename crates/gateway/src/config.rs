@@ -76,7 +76,8 @@ pub struct ReportConfig {
     /// Records (logs + observations) held while the control plane is away; the oldest are
     /// dropped (and counted) beyond this.
     pub queue_capacity: usize,
-    /// A batch is sent once this many records are waiting...
+    /// A batch is sent once this many records are waiting (small enough that encoding and
+    /// storing one is not a latency burst for the requests next to it)...
     pub batch_max: usize,
     /// ...or this long after the previous one.
     pub interval: Duration,
@@ -88,7 +89,7 @@ impl Default for ReportConfig {
     fn default() -> Self {
         ReportConfig {
             queue_capacity: 20_000,
-            batch_max: 1_000,
+            batch_max: 100,
             interval: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
         }
