@@ -1193,14 +1193,14 @@ class ManifestsTest(Checks):
                     self.assertEqual(cr_errors(schemas, o), [], f.name)
                 else:
                     self.assertEqual(validate_k8s(self, [o]), [])
-        self.assertEqual(sorted(seen), ["PlatformKey", "UpstreamAccount", "UpstreamAccount"])
+        self.assertEqual(sorted(seen), ["PlatformKey"] + ["UpstreamAccount"] * 4)
         providers = sorted(
             o["spec"]["provider"]
             for f in (MANIFESTS / "examples").glob("*.yaml")
             for o in parse_docs(read(f))
             if o["kind"] == "UpstreamAccount"
         )
-        self.assertEqual(providers, ["codex", "openai"])
+        self.assertEqual(providers, ["anthropic", "azure_openai", "codex", "openai"])
 
     def test_broken_custom_resources_are_rejected(self):
         schemas = crds()

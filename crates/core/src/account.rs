@@ -139,6 +139,9 @@ pub struct AccountSpec {
     /// 0 means the routing policy's default cap.
     pub max_inflight: u32,
     pub proxy_url: Option<String>,
+    /// Model patterns the account serves. Empty: any model for Codex and OpenAI accounts, the
+    /// model named like the deployment for Azure, `claude-*` for Anthropic (the gateway's
+    /// `served_models`).
     pub model_filter: Vec<String>,
     pub base_url: Option<String>,
     pub azure: Option<AzureConfig>,

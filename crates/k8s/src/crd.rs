@@ -154,7 +154,9 @@ pub struct UpstreamAccountSpec {
     )]
     pub proxy_url: Option<String>,
 
-    /// Model patterns (`*` matches any run of characters) this account serves; empty serves all.
+    /// Model patterns (`*` matches any run of characters) this account serves. Empty: any
+    /// model for codex and openai, the model named like the deployment for azure_openai,
+    /// `claude-*` for anthropic.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 256),
