@@ -154,12 +154,56 @@ pub fn usage_from_usage_object(u: &Value) -> Option<TokenUsage> {
 
 /// A usage count as providers send it: a non-negative integer, or a float (truncated).
 /// Anything else counts as absent, like in [`usage_from_json`].
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum RawCount {
     Int(u64),
     Float(f64),
-    Other(serde::de::IgnoredAny),
+    Other,
+}
+
+/// By hand rather than `#[serde(untagged)]`, which buffers every value into an owned tree
+/// before trying each variant: this runs for every relayed response.
+impl<'de> Deserialize<'de> for RawCount {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+        struct CountVisitor;
+
+        impl<'de> Visitor<'de> for CountVisitor {
+            type Value = RawCount;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a token count")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<RawCount, E> {
+                Ok(RawCount::Int(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawCount, E> {
+                Ok(u64::try_from(v).map_or(RawCount::Other, RawCount::Int))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<RawCount, E> {
+                Ok(RawCount::Float(v))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<RawCount, E> {
+                Ok(RawCount::Other)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<RawCount, E> {
+                Ok(RawCount::Other)
+            }
+            fn visit_unit<E>(self) -> Result<RawCount, E> {
+                Ok(RawCount::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<RawCount, A::Error> {
+                while a.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(RawCount::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<RawCount, A::Error> {
+                while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(RawCount::Other)
+            }
+        }
+
+        d.deserialize_any(CountVisitor)
+    }
 }
 
 impl RawCount {
