@@ -76,10 +76,11 @@ pub struct ReportConfig {
     /// Records (logs + observations) held while the control plane is away; the oldest are
     /// dropped (and counted) beyond this.
     pub queue_capacity: usize,
-    /// A batch is sent once this many records are waiting (small enough that encoding and
-    /// storing one is not a latency burst for the requests next to it)...
+    /// A batch is sent once this many records are waiting...
     pub batch_max: usize,
-    /// ...or this long after the previous one.
+    /// ...or, with what is waiting, this long after the previous one. Short, so that at a
+    /// moderate rate batches stay small: encoding and storing a second's worth of logs at once
+    /// is a latency burst for the requests next to it.
     pub interval: Duration,
     /// Longest wait between retries while the control plane refuses batches.
     pub backoff_max: Duration,
@@ -89,8 +90,8 @@ impl Default for ReportConfig {
     fn default() -> Self {
         ReportConfig {
             queue_capacity: 20_000,
-            batch_max: 100,
-            interval: Duration::from_secs(1),
+            batch_max: 1_000,
+            interval: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
         }
     }
