@@ -803,36 +803,10 @@ fn assert_messages_translated(stack: &Stack, reqs: &[RecordedRequest], what: &st
     }
 }
 
-#[test]
-fn anthropic_python_sdk_messages_through_a_codex_account() {
-    // Before any setup: a missing SDK fails here, saying how to install it.
-    let python = anthropic_python().unwrap();
-    let stack = Stack::start();
-    let out: Output = run_timeout(
-        client_command(&python)
-            .arg(script("anthropic_sdk.py"))
-            .env("POOLGATE_BASE_URL", format!("http://{}", stack.pg.gateway))
-            .env("POOLGATE_KEY", &stack.codex.key)
-            .env("POOLGATE_MODEL", CLAUDE_MODEL),
-        None,
-        CLIENT_TIMEOUT,
-    )
-    .unwrap();
-    assert!(
-        out.success(),
-        "the anthropic SDK script failed: {out}\npoolgate log:\n{}",
-        stack.pg.logs()
-    );
-    let report = out.json().unwrap();
-    let r = &report["results"];
+/// What the anthropic SDK script reports for its streamed, counted and tool calls, the same
+/// whichever account kind served them.
+fn assert_anthropic_sdk_streams_and_tools(r: &Value) {
     let echo = |name: &str| format!("echo: {}", r[name]["prompt"].as_str().unwrap());
-
-    let plain = &r["plain"];
-    assert_eq!(plain["text"], echo("plain"), "{plain}");
-    assert_eq!(plain["model"], CLAUDE_MODEL, "{plain}");
-    assert_eq!(plain["stop_reason"], "end_turn", "{plain}");
-    assert!(plain["id"].as_str().unwrap().starts_with("msg_"), "{plain}");
-
     let helper = &r["helper_stream"];
     assert_eq!(helper["text"], echo("helper_stream"), "{helper}");
     assert_eq!(helper["final_text"], helper["text"], "{helper}");
@@ -870,6 +844,39 @@ fn anthropic_python_sdk_messages_through_a_codex_account() {
         "{tools}"
     );
     assert_eq!(tools["stop_reason"], "end_turn", "{tools}");
+}
+
+#[test]
+fn anthropic_python_sdk_messages_through_a_codex_account() {
+    // Before any setup: a missing SDK fails here, saying how to install it.
+    let python = anthropic_python().unwrap();
+    let stack = Stack::start();
+    let out: Output = run_timeout(
+        client_command(&python)
+            .arg(script("anthropic_sdk.py"))
+            .env("POOLGATE_BASE_URL", format!("http://{}", stack.pg.gateway))
+            .env("POOLGATE_KEY", &stack.codex.key)
+            .env("POOLGATE_MODEL", CLAUDE_MODEL),
+        None,
+        CLIENT_TIMEOUT,
+    )
+    .unwrap();
+    assert!(
+        out.success(),
+        "the anthropic SDK script failed: {out}\npoolgate log:\n{}",
+        stack.pg.logs()
+    );
+    let report = out.json().unwrap();
+    let r = &report["results"];
+    let echo = |name: &str| format!("echo: {}", r[name]["prompt"].as_str().unwrap());
+
+    let plain = &r["plain"];
+    assert_eq!(plain["text"], echo("plain"), "{plain}");
+    assert_eq!(plain["model"], CLAUDE_MODEL, "{plain}");
+    assert_eq!(plain["stop_reason"], "end_turn", "{plain}");
+    assert!(plain["id"].as_str().unwrap().starts_with("msg_"), "{plain}");
+
+    assert_anthropic_sdk_streams_and_tools(r);
 
     // Logged as Anthropic Messages on the Codex account, with the usage the client saw.
     let ids: Vec<String> = ["plain", "helper_stream", "raw_stream", "count_tokens"]
@@ -946,44 +953,12 @@ fn anthropic_python_sdk_messages_through_an_anthropic_key_account() {
         "{plain}"
     );
 
-    let helper = &r["helper_stream"];
-    assert_eq!(helper["text"], echo("helper_stream"), "{helper}");
-    assert_eq!(helper["final_text"], helper["text"], "{helper}");
-    assert_eq!(helper["model"], CLAUDE_MODEL, "{helper}");
-    assert_eq!(helper["stop_reason"], "end_turn", "{helper}");
-    // The mock answers in four deltas: a stream, not one aggregated block.
-    assert!(helper["deltas"].as_u64().unwrap() >= 4, "{helper}");
-
-    let raw_stream = &r["raw_stream"];
-    assert_eq!(raw_stream["text"], echo("raw_stream"), "{raw_stream}");
-    assert_eq!(raw_stream["stop_reason"], "end_turn", "{raw_stream}");
-    let types: Vec<&str> = raw_stream["event_types"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert_eq!(types.first(), Some(&"message_start"), "{raw_stream}");
     assert_eq!(
-        &types[types.len() - 3..],
-        ["content_block_stop", "message_delta", "message_stop"],
-        "{raw_stream}"
+        r["helper_stream"]["model"], CLAUDE_MODEL,
+        "{}",
+        r["helper_stream"]
     );
-    assert!(raw_stream["output_tokens"].as_u64().unwrap() > 0);
-
-    let counted = &r["count_tokens"];
-    assert!(counted["input_tokens"].as_u64().unwrap() > 0, "{counted}");
-
-    let tools = &r["tools"];
-    assert_eq!(tools["first_stop_reason"], "tool_use", "{tools}");
-    assert_eq!(tools["tool_names"], json!(["lookup_weather"]), "{tools}");
-    assert!(tools["tool_inputs"][0]["city"].is_string(), "{tools}");
-    assert_eq!(
-        tools["text"],
-        format!("tool result: {}", tools["prompt"].as_str().unwrap()),
-        "{tools}"
-    );
-    assert_eq!(tools["stop_reason"], "end_turn", "{tools}");
+    assert_anthropic_sdk_streams_and_tools(r);
 
     // Logged as Anthropic Messages on the Anthropic account, untranslated, with the usage
     // the client saw.

@@ -74,24 +74,6 @@ async fn codex_pool(n: usize, cfg: poolgate_gateway::GatewayConfig) -> Harness {
     .await
 }
 
-/// `(event name, data)` of every frame of an SSE body.
-fn sse_events(body: &str) -> Vec<(String, Value)> {
-    body.split("\n\n")
-        .filter_map(|frame| {
-            let mut name = None;
-            let mut data = None;
-            for l in frame.lines() {
-                if let Some(n) = l.strip_prefix("event: ") {
-                    name = Some(n.to_string());
-                } else if let Some(d) = l.strip_prefix("data: ") {
-                    data = serde_json::from_str(d).ok();
-                }
-            }
-            Some((name?, data?))
-        })
-        .collect()
-}
-
 fn assert_anthropic_error(v: &Value, ty: &str) {
     assert_eq!(v["type"], "error", "{v}");
     assert_eq!(v["error"]["type"], ty, "{v}");

@@ -43,6 +43,22 @@ fn claude_post(h: &Harness, body: &Value) -> reqwest::RequestBuilder {
         .body(body.to_string())
 }
 
+/// `(account, status)` of each attempt, in order.
+fn attempt_chain(log: &poolgate_core::RequestLog) -> Vec<(&str, u16)> {
+    log.attempts
+        .iter()
+        .map(|a| (a.account_id.as_str(), a.status))
+        .collect()
+}
+
+/// A Claude-style Messages request for `model`, sent.
+async fn send_claude(h: &Harness, model: &str, stream: bool) -> reqwest::Response {
+    claude_post(h, &claude_body(model, stream))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn pool(accounts: impl FnOnce(&str) -> Vec<AccountState>) -> Harness {
     pool_with(RoutingPolicy::default(), accounts).await
 }
@@ -65,24 +81,6 @@ async fn pool_with(
         d
     })
     .await
-}
-
-/// `(event name, data)` of every frame of an SSE body.
-fn sse_events(body: &str) -> Vec<(String, Value)> {
-    body.split("\n\n")
-        .filter_map(|frame| {
-            let mut name = None;
-            let mut data = None;
-            for l in frame.lines() {
-                if let Some(n) = l.strip_prefix("event: ") {
-                    name = Some(n.to_string());
-                } else if let Some(d) = l.strip_prefix("data: ") {
-                    data = serde_json::from_str(d).ok();
-                }
-            }
-            Some((name?, data?))
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -232,11 +230,7 @@ async fn azure_throttling_fails_over_to_the_next_deployment() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let log = h.log(&request_id(&r)).await;
-    let chain: Vec<(&str, u16)> = log
-        .attempts
-        .iter()
-        .map(|a| (a.account_id.as_str(), a.status))
-        .collect();
+    let chain = attempt_chain(&log);
     assert_eq!(chain, vec![("az_0", 429), ("az_1", 200)]);
     assert_eq!(log.account_id.as_deref(), Some("az_1"));
     h.stop().await;
@@ -279,10 +273,7 @@ async fn anthropic_accounts_serve_messages_natively() {
     );
 
     // Streaming: the API's own events, in order, relayed as they come.
-    let r = claude_post(&h, &claude_body("claude-sonnet-4-5", true))
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "claude-sonnet-4-5", true).await;
     assert_eq!(r.status(), 200);
     let id = request_id(&r);
     let text = text_of(r).await;
@@ -346,21 +337,14 @@ async fn overloaded_anthropic_fails_over_to_a_codex_account_by_translation() {
     .await;
     h.mock
         .set_fault("sk-ant-0", Fault::ServerError { status: 529 });
-    let r = claude_post(&h, &claude_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "claude-sonnet-4-5", false).await;
     assert_eq!(r.status(), 200);
     let id = request_id(&r);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["type"], "message", "{v}");
     assert_eq!(v["content"][0]["text"], "echo: hello claude", "{v}");
     let log = h.log(&id).await;
-    let chain: Vec<(&str, u16)> = log
-        .attempts
-        .iter()
-        .map(|a| (a.account_id.as_str(), a.status))
-        .collect();
+    let chain = attempt_chain(&log);
     assert_eq!(chain, vec![("an_0", 529), ("cx_1", 200)]);
     assert_eq!(log.translation, Translation::MessagesToResponses);
     assert_eq!(log.upstream_model.as_deref(), Some("gpt-5"));
@@ -386,10 +370,7 @@ async fn an_in_stream_error_before_content_fails_over() {
             resets_in_secs: None,
         },
     );
-    let r = claude_post(&h, &claude_body("claude-sonnet-4-5", true))
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "claude-sonnet-4-5", true).await;
     assert_eq!(r.status(), 200);
     let id = request_id(&r);
     let text = text_of(r).await;
@@ -426,10 +407,7 @@ async fn an_in_stream_error_after_content_ends_the_stream_with_an_error_event() 
             resets_in_secs: None,
         },
     );
-    let r = claude_post(&h, &claude_body("claude-sonnet-4-5", true))
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "claude-sonnet-4-5", true).await;
     assert_eq!(r.status(), 200);
     let id = request_id(&r);
     let text = text_of(r).await;
@@ -470,10 +448,7 @@ async fn routing_by_protocol_and_by_model() {
         v["error"]["message"].as_str().unwrap().contains("protocol"),
         "{v}"
     );
-    let r = claude_post(&h, &claude_body("gpt-5", false))
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "gpt-5", false).await;
     assert_eq!(r.status(), 503);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["type"], "error", "Anthropic-shaped: {v}");
@@ -489,10 +464,7 @@ async fn routing_by_protocol_and_by_model() {
         ]
     })
     .await;
-    let r = claude_post(&h, &claude_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "claude-sonnet-4-5", false).await;
     assert_eq!(r.status(), 200);
     let log = h.log(&request_id(&r)).await;
     assert_eq!(log.account_id.as_deref(), Some("cx_1"));
@@ -531,10 +503,7 @@ async fn policy_aliases_choose_the_codex_model() {
         ("claude-opus-4-1", "gpt-5.1"),
     ] {
         h.mock.clear_requests();
-        let r = claude_post(&h, &claude_body(asked, false))
-            .send()
-            .await
-            .unwrap();
+        let r = send_claude(&h, asked, false).await;
         assert_eq!(r.status(), 200);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["model"], asked, "the client sees its own model name: {v}");
@@ -575,10 +544,7 @@ async fn a_key_allowed_only_the_codex_model_never_reaches_anthropic() {
         )
     })
     .await;
-    let r = claude_post(&h, &claude_body("claude-sonnet-4-5", false))
-        .send()
-        .await
-        .unwrap();
+    let r = send_claude(&h, "claude-sonnet-4-5", false).await;
     assert_eq!(r.status(), 200);
     let log = h.log(&request_id(&r)).await;
     assert_eq!(log.account_id.as_deref(), Some("cx_1"));

@@ -272,3 +272,21 @@ pub fn sse_data(body: &str) -> Vec<Value> {
         .map(|d| serde_json::from_str(d).unwrap_or(Value::String(d.to_string())))
         .collect()
 }
+
+/// `(event name, data)` of every frame of an SSE body.
+pub fn sse_events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter_map(|frame| {
+            let mut name = None;
+            let mut data = None;
+            for l in frame.lines() {
+                if let Some(n) = l.strip_prefix("event: ") {
+                    name = Some(n.to_string());
+                } else if let Some(d) = l.strip_prefix("data: ") {
+                    data = serde_json::from_str(d).ok();
+                }
+            }
+            Some((name?, data?))
+        })
+        .collect()
+}
