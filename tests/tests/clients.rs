@@ -846,16 +846,13 @@ fn assert_anthropic_sdk_streams_and_tools(r: &Value) {
     assert_eq!(tools["stop_reason"], "end_turn", "{tools}");
 }
 
-#[test]
-fn anthropic_python_sdk_messages_through_a_codex_account() {
-    // Before any setup: a missing SDK fails here, saying how to install it.
-    let python = anthropic_python().unwrap();
-    let stack = Stack::start();
+/// Runs tests/clients/anthropic_sdk.py against the gateway with `key`; its JSON report.
+fn run_anthropic_sdk(stack: &Stack, python: &Path, key: &str) -> Value {
     let out: Output = run_timeout(
-        client_command(&python)
+        client_command(python)
             .arg(script("anthropic_sdk.py"))
             .env("POOLGATE_BASE_URL", format!("http://{}", stack.pg.gateway))
-            .env("POOLGATE_KEY", &stack.codex.key)
+            .env("POOLGATE_KEY", key)
             .env("POOLGATE_MODEL", CLAUDE_MODEL),
         None,
         CLIENT_TIMEOUT,
@@ -866,7 +863,16 @@ fn anthropic_python_sdk_messages_through_a_codex_account() {
         "the anthropic SDK script failed: {out}\npoolgate log:\n{}",
         stack.pg.logs()
     );
-    let report = out.json().unwrap();
+    out.json().unwrap()
+}
+
+#[test]
+fn anthropic_python_sdk_messages_through_a_codex_account() {
+    // Before any setup: a missing SDK fails here, saying how to install it.
+    let python = anthropic_python().unwrap();
+    let stack = Stack::start();
+    let key = stack.codex.key.clone();
+    let report = run_anthropic_sdk(&stack, &python, &key);
     let r = &report["results"];
     let echo = |name: &str| format!("echo: {}", r[name]["prompt"].as_str().unwrap());
 
@@ -924,22 +930,8 @@ fn anthropic_python_sdk_messages_through_an_anthropic_key_account() {
     // Before any setup: a missing SDK fails here, saying how to install it.
     let python = anthropic_python().unwrap();
     let stack = Stack::start();
-    let out: Output = run_timeout(
-        client_command(&python)
-            .arg(script("anthropic_sdk.py"))
-            .env("POOLGATE_BASE_URL", format!("http://{}", stack.pg.gateway))
-            .env("POOLGATE_KEY", &stack.anthropic.key)
-            .env("POOLGATE_MODEL", CLAUDE_MODEL),
-        None,
-        CLIENT_TIMEOUT,
-    )
-    .unwrap();
-    assert!(
-        out.success(),
-        "the anthropic SDK script failed: {out}\npoolgate log:\n{}",
-        stack.pg.logs()
-    );
-    let report = out.json().unwrap();
+    let key = stack.anthropic.key.clone();
+    let report = run_anthropic_sdk(&stack, &python, &key);
     let r = &report["results"];
     let echo = |name: &str| format!("echo: {}", r[name]["prompt"].as_str().unwrap());
 

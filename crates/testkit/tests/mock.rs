@@ -5,12 +5,14 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+mod common;
+
+use common::*;
 use poolgate_testkit::mock::{
     Fault, MockConfig, MockLimit, MockUpstream, MockUsage, MockWindow, Pacing,
 };
@@ -23,12 +25,6 @@ use poolgate_wire::responses::{CodexRequestOptions, normalize_codex_request};
 use poolgate_wire::sse::{SseDecoder, SseEvent};
 use serde_json::{Value, json};
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -36,22 +32,7 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
 impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
     fn outcome(&self, now: i64) -> Outcome {
         classify_response(self.status.as_u16(), |n| self.header(n), &self.body, now)
     }
@@ -69,37 +50,8 @@ fn decode(body: &[u8]) -> Vec<SseEvent> {
     out
 }
 
-fn request(
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Request<Full<Bytes>> {
-    let mut b = Request::builder().method(method).uri(url);
-    for (n, v) in headers {
-        b = b.header(*n, *v);
-    }
-    b.body(Full::new(body.into())).unwrap()
-}
-
 async fn send_raw(c: &HttpClient, req: Request<Full<Bytes>>) -> hyper::Response<Incoming> {
     c.request(req).await.unwrap()
-}
-
-async fn send(
-    c: &HttpClient,
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Answer {
-    let resp = send_raw(c, request(method, url, headers, body)).await;
-    let (parts, body) = resp.into_parts();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
 }
 
 fn codex_body(text: &str) -> Value {

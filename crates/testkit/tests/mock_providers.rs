@@ -4,20 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+mod common;
+
+use common::*;
 use poolgate_testkit::mock::{Fault, MockConfig, MockUpstream, Pacing};
 use serde_json::{Value, json};
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
-fn client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
-}
 
 fn now_secs() -> i64 {
     std::time::SystemTime::now()
@@ -26,22 +19,7 @@ fn now_secs() -> i64 {
         .as_secs() as i64
 }
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
-
 impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
     /// The body as Anthropic frames, checking each is exactly `event: T\ndata: JSON\n\n`
     /// with `"type": T` in the data.
     fn frames(&self) -> Vec<(String, Value)> {
@@ -60,38 +38,6 @@ impl Answer {
                 (ev, data)
             })
             .collect()
-    }
-}
-
-fn request(
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Request<Full<Bytes>> {
-    let mut b = Request::builder().method(method).uri(url);
-    for (n, v) in headers {
-        b = b.header(*n, *v);
-    }
-    b.body(Full::new(body.into())).unwrap()
-}
-
-async fn send(
-    c: &HttpClient,
-    method: Method,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Answer {
-    let resp = c
-        .request(request(method, url, headers, body))
-        .await
-        .unwrap();
-    let (parts, body) = resp.into_parts();
-    Answer {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
     }
 }
 
