@@ -12,7 +12,7 @@ use super::body::{Aborted, Frames, MockBody};
 use super::fault::{Surface, in_stream_message};
 use super::server::Cx;
 use super::state::Scope;
-use super::turn::{Reply, Turn, messages_turn, split_exact, split_text};
+use super::turn::{Reply, Turn, messages_turn};
 use super::util::{
     anthropic_error, anthropic_request_id, header_str, json_value, set_header_str, sse_response,
 };
@@ -136,10 +136,7 @@ struct Message<'a> {
 
 impl Message<'_> {
     fn pieces(&self) -> Vec<String> {
-        match &self.turn.reply {
-            Reply::Text(t) => split_text(t, self.deltas),
-            Reply::ToolCall { arguments, .. } => split_exact(arguments, self.deltas),
-        }
+        self.turn.pieces(self.deltas)
     }
 
     fn stop_reason(&self) -> &'static str {

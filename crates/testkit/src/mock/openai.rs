@@ -12,7 +12,7 @@ use super::fault::{AZURE_ACCESS_DENIED, Surface, in_stream_message};
 use super::responses::{Answer, Failure};
 use super::server::Cx;
 use super::state::Scope;
-use super::turn::{Reply, Turn, chat_turn, responses_turn, split_exact, split_text};
+use super::turn::{Reply, Turn, chat_turn, responses_turn};
 use super::util::{
     azure_error, fnv64, header_str, json_response, json_value, now_secs, openai_error, query_param,
     set_header_str, sse_response,
@@ -232,10 +232,7 @@ struct Chat<'a> {
 
 impl Chat<'_> {
     fn pieces(&self) -> Vec<String> {
-        match &self.turn.reply {
-            Reply::Text(t) => split_text(t, self.deltas),
-            Reply::ToolCall { arguments, .. } => split_exact(arguments, self.deltas),
-        }
+        self.turn.pieces(self.deltas)
     }
 
     fn call_id(&self) -> String {

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::body::Frames;
 use super::fault::in_stream_message;
-use super::turn::{REASONING_TOKENS, Reply, Turn, split_exact, split_text};
+use super::turn::{REASONING_TOKENS, Reply, Turn};
 
 /// Everything that decides one answer.
 pub(crate) struct Answer<'a> {
@@ -49,10 +49,7 @@ impl Answer<'_> {
     }
 
     fn pieces(&self) -> Vec<String> {
-        match &self.turn.reply {
-            Reply::Text(t) => split_text(t, self.deltas),
-            Reply::ToolCall { arguments, .. } => split_exact(arguments, self.deltas),
-        }
+        self.turn.pieces(self.deltas)
     }
 
     fn reasoning_tokens(&self) -> u64 {

@@ -28,6 +28,16 @@ pub(crate) struct Turn {
     pub encrypted_reasoning: bool,
 }
 
+impl Turn {
+    /// The reply cut into `deltas` stream pieces: the text, or a tool call's arguments.
+    pub(crate) fn pieces(&self, deltas: usize) -> Vec<String> {
+        match &self.reply {
+            Reply::Text(t) => split_text(t, deltas),
+            Reply::ToolCall { arguments, .. } => split_exact(arguments, deltas),
+        }
+    }
+}
+
 /// Reasoning tokens reported when a request asked for reasoning.
 pub(crate) const REASONING_TOKENS: u64 = 16;
 
