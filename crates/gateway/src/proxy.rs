@@ -954,11 +954,11 @@ impl Call {
                     include_usage: conv.is_some_and(|c| c.include_usage),
                     tool_names: conv.map(|c| c.tool_names.clone()).unwrap_or_default(),
                 };
-                Delivery::Stream(Mode::Chat(Box::new(ChatStreamTranslator::new(opts))))
+                Delivery::Stream(Mode::Translate(Box::new(ChatStreamTranslator::new(opts))))
             }
             (Provider::Codex, Route::Chat) => Delivery::Aggregate(AggregateAs::Chat),
             (Provider::Codex, Route::Messages) if self.stream => {
-                Delivery::Stream(Mode::Messages(Box::new(MessagesStreamTranslator::new(
+                Delivery::Stream(Mode::Translate(Box::new(MessagesStreamTranslator::new(
                     self.reply_options(request_id),
                 ))))
             }

@@ -14,9 +14,9 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use poolgate_core::ErrorClass;
 use poolgate_upstream::{BodyStream, UpstreamError};
+use poolgate_wire::StreamTranslator;
 use poolgate_wire::aggregate::{AggregateError, ResponsesAggregator};
-use poolgate_wire::anthropic::{MessagesStreamTranslator, ping_frame};
-use poolgate_wire::chat::{ChatStreamTranslator, chat_stream_error_frame};
+use poolgate_wire::chat::chat_stream_error_frame;
 use poolgate_wire::classify::{Outcome, StreamEventClass, StreamFailure, classify_stream_json};
 use poolgate_wire::sse::{SseDecoder, SseEvent, event_type};
 use poolgate_wire::usage::{TokenUsage, UsageAccumulator, usage_from_usage_slice};
@@ -46,10 +46,9 @@ pub(crate) enum Mode {
     Raw,
     /// Server-sent events passed through unchanged.
     Sse(Dialect),
-    /// Codex Responses events translated to `chat.completion.chunk` frames.
-    Chat(Box<ChatStreamTranslator>),
-    /// Codex Responses events translated to Anthropic Messages events.
-    Messages(Box<MessagesStreamTranslator>),
+    /// Codex Responses events translated to another dialect's frames
+    /// (`chat.completion.chunk`s, Anthropic Messages events).
+    Translate(Box<dyn StreamTranslator>),
 }
 
 /// Events seen before the stream is released to the client.
@@ -362,7 +361,7 @@ impl Relay {
     fn dialect(&self) -> Dialect {
         match &self.mode {
             Mode::Sse(d) => *d,
-            Mode::Chat(_) | Mode::Messages(_) | Mode::Raw => Dialect::Chat,
+            Mode::Translate(_) | Mode::Raw => Dialect::Chat,
         }
     }
 
@@ -375,14 +374,7 @@ impl Relay {
                     self.tap.observe(ev, d);
                 }
             }
-            Mode::Chat(t) => {
-                let mut frames = Vec::new();
-                for ev in &events {
-                    t.push(ev, now_ms(), &mut frames);
-                }
-                self.out.extend(frames);
-            }
-            Mode::Messages(t) => {
+            Mode::Translate(t) => {
                 let mut frames = Vec::new();
                 for ev in &events {
                     t.push(ev, now_ms(), &mut frames);
@@ -402,8 +394,7 @@ impl Relay {
         }
         let failure = match &self.mode {
             Mode::Sse(_) => self.tap.failure.as_ref(),
-            Mode::Chat(t) => t.failure(),
-            Mode::Messages(t) => t.failure(),
+            Mode::Translate(t) => t.failure(),
             Mode::Raw => None,
         };
         if let Some(f) = failure.filter(|f| is_account_failure(f.outcome))
@@ -423,7 +414,7 @@ impl Relay {
                 }
                 self.out.push_back(chunk);
             }
-            Mode::Sse(_) | Mode::Chat(_) | Mode::Messages(_) => {
+            Mode::Sse(_) | Mode::Translate(_) => {
                 let mut events = std::mem::take(&mut self.scratch);
                 let _ = self.decoder.push(&chunk, &mut events);
                 if matches!(self.mode, Mode::Sse(_)) {
@@ -464,19 +455,9 @@ impl Relay {
                     self.error = Some(f);
                 }
             }
-            Mode::Chat(t) => {
+            Mode::Translate(t) => {
                 if !t.is_finished() {
-                    let mut frames = Vec::new();
-                    t.finish(&mut frames);
-                    self.out.extend(frames);
-                    self.error = Some(ErrorClass::Network);
-                } else if let Some(f) = t.failure() {
-                    self.error = f.outcome.error_class().or(Some(ErrorClass::Upstream5xx));
-                }
-            }
-            Mode::Messages(t) => {
-                if !t.is_finished() {
-                    // Ends with an Anthropic `event: error` frame.
+                    // Ends with the dialect's error frame.
                     let mut frames = Vec::new();
                     t.finish(&mut frames);
                     self.out.extend(frames);
@@ -491,7 +472,7 @@ impl Relay {
     fn at_frame_boundary(&self) -> bool {
         match self.mode {
             Mode::Sse(_) => self.decoder.buffered_len() == 0,
-            Mode::Chat(_) | Mode::Messages(_) => true,
+            Mode::Translate(_) => true,
             Mode::Raw => false,
         }
     }
@@ -500,17 +481,15 @@ impl Relay {
         match &self.mode {
             Mode::Raw => usage_from_tail(&self.tail),
             Mode::Sse(_) => self.tap.usage.usage(),
-            Mode::Chat(t) => t.usage(),
-            Mode::Messages(t) => t.usage(),
+            Mode::Translate(t) => t.usage(),
         }
     }
 
-    /// A frame the client ignores: Anthropic clients get `event: ping` (the Anthropic API's
-    /// own keep-alive) once `message_start` is out, as the API never sends one before it;
-    /// before that, and in every other dialect, an SSE comment.
+    /// A frame the client ignores: the translated dialect's own keep-alive, else an SSE
+    /// comment.
     fn keepalive_frame(&self) -> Bytes {
         match &self.mode {
-            Mode::Messages(t) if t.has_started() => ping_frame(),
+            Mode::Translate(t) => t.keepalive_frame(),
             _ => poolgate_wire::sse::keep_alive(),
         }
     }
@@ -574,8 +553,7 @@ impl Drop for Relay {
         let delivered = self.out.is_empty();
         let terminal = match &self.mode {
             Mode::Sse(_) => self.tap.terminal,
-            Mode::Chat(t) => t.is_finished(),
-            Mode::Messages(t) => t.is_finished(),
+            Mode::Translate(t) => t.is_finished(),
             Mode::Raw => self.tail.trim_ascii_end().ends_with(b"[DONE]"),
         };
         if delivered && terminal {

@@ -2,6 +2,7 @@
 //! The mock upstream over real sockets: every endpoint and every fault, checked against the
 //! parsers the gateway uses on the real upstream (crates/wire).
 
+use poolgate_wire::StreamTranslator;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

@@ -744,41 +744,22 @@ pub struct ChatStreamTranslator {
     failure: Option<StreamFailure>,
 }
 
-impl ChatStreamTranslator {
-    pub fn new(opts: ChatStreamOptions) -> Self {
-        ChatStreamTranslator {
-            opts,
-            started: false,
-            finished: false,
-            tool_calls: BTreeMap::new(),
-            call_ids: HashSet::new(),
-            item_index: HashMap::new(),
-            text_items: BTreeSet::new(),
-            usage: UsageAccumulator::new(),
-            failure: None,
-        }
-    }
-
+impl crate::StreamTranslator for ChatStreamTranslator {
     /// `[DONE]` was emitted; later events are ignored.
-    pub fn is_finished(&self) -> bool {
+    fn is_finished(&self) -> bool {
         self.finished
     }
 
-    /// Whether any frame was emitted yet.
-    pub fn has_started(&self) -> bool {
-        self.started
-    }
-
-    pub fn usage(&self) -> Option<TokenUsage> {
+    fn usage(&self) -> Option<TokenUsage> {
         self.usage.usage()
     }
 
-    pub fn failure(&self) -> Option<&StreamFailure> {
+    fn failure(&self) -> Option<&StreamFailure> {
         self.failure.as_ref()
     }
 
     /// Feeds one upstream event, appending the frames it produces to `out`.
-    pub fn push(&mut self, ev: &SseEvent, now_ms: UnixMillis, out: &mut Vec<Bytes>) {
+    fn push(&mut self, ev: &SseEvent, now_ms: UnixMillis, out: &mut Vec<Bytes>) {
         if self.finished {
             return;
         }
@@ -849,7 +830,7 @@ impl ChatStreamTranslator {
     }
 
     /// Upstream ended. Without a terminal event that is an error for the client.
-    pub fn finish(&mut self, out: &mut Vec<Bytes>) {
+    fn finish(&mut self, out: &mut Vec<Bytes>) {
         if self.finished {
             return;
         }
@@ -860,6 +841,22 @@ impl ChatStreamTranslator {
             message: "upstream stream ended before the response completed".into(),
         };
         self.fail(failure, out);
+    }
+}
+
+impl ChatStreamTranslator {
+    pub fn new(opts: ChatStreamOptions) -> Self {
+        ChatStreamTranslator {
+            opts,
+            started: false,
+            finished: false,
+            tool_calls: BTreeMap::new(),
+            call_ids: HashSet::new(),
+            item_index: HashMap::new(),
+            text_items: BTreeSet::new(),
+            usage: UsageAccumulator::new(),
+            failure: None,
+        }
     }
 
     fn adopt_identity(&mut self, response: Option<&Value>) {
@@ -1071,6 +1068,7 @@ impl ChatStreamTranslator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::StreamTranslator;
 
     #[test]
     fn long_names_are_shortened_uniquely_and_restored() {

@@ -25,6 +25,27 @@ pub mod usage;
 
 pub use error::WireError;
 
+use bytes::Bytes;
+use poolgate_core::UnixMillis;
+
+/// A Responses event stream translated, event by event, into another dialect's frames (Chat
+/// Completions chunks, Anthropic Messages events): what the gateway's relay drives.
+pub trait StreamTranslator: Send {
+    /// Feeds one upstream event, appending the frames it produces to `out`.
+    fn push(&mut self, ev: &sse::SseEvent, now_ms: UnixMillis, out: &mut Vec<Bytes>);
+    /// The upstream ended: closes the client's stream (an error frame when it ended early).
+    fn finish(&mut self, out: &mut Vec<Bytes>);
+    /// The client's stream is closed; later events only update usage.
+    fn is_finished(&self) -> bool;
+    fn usage(&self) -> Option<usage::TokenUsage>;
+    fn failure(&self) -> Option<&classify::StreamFailure>;
+    /// A frame the client ignores, sent during upstream silence: an SSE comment unless the
+    /// dialect has its own keep-alive event.
+    fn keepalive_frame(&self) -> Bytes {
+        sse::keep_alive()
+    }
+}
+
 /// A case-insensitive header lookup over `(name, value)` pairs; the first match wins.
 pub fn header_lookup<'a, N, V>(pairs: &'a [(N, V)]) -> impl Fn(&str) -> Option<&'a str> + 'a
 where

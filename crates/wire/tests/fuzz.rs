@@ -2,6 +2,7 @@
 //! classifiers panic, and the decoder keeps its bounds and its chunking independence.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use poolgate_wire::StreamTranslator;
 use poolgate_wire::aggregate::ResponsesAggregator;
 use poolgate_wire::anthropic::{
     CODEX_SIGNATURE_PREFIX, MessagesReplyOptions, MessagesStreamTranslator, anthropic_error_body,

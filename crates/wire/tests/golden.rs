@@ -4,6 +4,7 @@
 //! expected files; review the diff before keeping it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use poolgate_wire::StreamTranslator;
 use std::path::{Path, PathBuf};
 
 use poolgate_core::ReasoningEffort;

@@ -27,7 +27,7 @@ pub use request::{
     MessagesConversion, effort_for_thinking, messages_to_responses_request, parse_messages_request,
 };
 pub use response::{MessagesReplyOptions, StopReason, messages_usage_json, responses_to_messages};
-pub use stream::{MessagesStreamTranslator, ping_frame};
+pub use stream::MessagesStreamTranslator;
 pub use types::{
     ContentBlock, MediaSource, Message, MessageContent, MessagesRequest, Metadata, OutputConfig,
     SystemPrompt, Thinking, Tool, ToolChoice,

@@ -25,7 +25,7 @@ use crate::usage::{TokenUsage, UsageAccumulator};
 
 /// The `event: ping` frame the Anthropic API sends; clients ignore it, so a gateway may also
 /// use it as its keep-alive on Anthropic streams.
-pub fn ping_frame() -> Bytes {
+fn ping_frame() -> Bytes {
     sse::encode_json(Some("ping"), &json!({"type": "ping"}))
 }
 
@@ -79,47 +79,34 @@ pub struct MessagesStreamTranslator {
     failure: Option<StreamFailure>,
 }
 
-impl MessagesStreamTranslator {
-    pub fn new(opts: MessagesReplyOptions) -> Self {
-        let id = message_id(None, &opts.id);
-        MessagesStreamTranslator {
-            opts,
-            id,
-            started: false,
-            finished: false,
-            next_index: 0,
-            open: None,
-            items: HashMap::new(),
-            item_index: HashMap::new(),
-            call_ids: HashSet::new(),
-            tool_used: false,
-            usage: UsageAccumulator::new(),
-            failure: None,
+impl crate::StreamTranslator for MessagesStreamTranslator {
+    /// `event: ping` (the Anthropic API's own keep-alive) once `message_start` is out, as the
+    /// API never sends one before it; an SSE comment before that.
+    fn keepalive_frame(&self) -> Bytes {
+        if self.started {
+            ping_frame()
+        } else {
+            sse::keep_alive()
         }
     }
 
     /// `message_stop` or `error` was emitted; later events only update usage.
-    pub fn is_finished(&self) -> bool {
+    fn is_finished(&self) -> bool {
         self.finished
-    }
-
-    /// Whether any frame other than an error was emitted yet (`message_start` went out).
-    pub fn has_started(&self) -> bool {
-        self.started
     }
 
     /// Usage reported by upstream so far, also from events after a stop sequence ended the
     /// client's stream (keep feeding them for accurate request logs).
-    pub fn usage(&self) -> Option<TokenUsage> {
+    fn usage(&self) -> Option<TokenUsage> {
         self.usage.usage()
     }
 
-    pub fn failure(&self) -> Option<&StreamFailure> {
+    fn failure(&self) -> Option<&StreamFailure> {
         self.failure.as_ref()
     }
 
     /// Feeds one upstream event, appending the frames it produces to `out`.
-    pub fn push(&mut self, ev: &SseEvent, now_ms: UnixMillis, out: &mut Vec<Bytes>) {
+    fn push(&mut self, ev: &SseEvent, now_ms: UnixMillis, out: &mut Vec<Bytes>) {
         let Some(v) = ev.json() else { return };
         self.usage.push_json(&v);
         if self.finished {
@@ -203,7 +190,7 @@ impl MessagesStreamTranslator {
     }
 
     /// Upstream ended. Without a terminal event that is an error for the client.
-    pub fn finish(&mut self, out: &mut Vec<Bytes>) {
+    fn finish(&mut self, out: &mut Vec<Bytes>) {
         if self.finished {
             return;
         }
@@ -214,6 +201,26 @@ impl MessagesStreamTranslator {
             message: "upstream stream ended before the response completed".into(),
         };
         self.fail(failure, out);
+    }
+}
+
+impl MessagesStreamTranslator {
+    pub fn new(opts: MessagesReplyOptions) -> Self {
+        let id = message_id(None, &opts.id);
+        MessagesStreamTranslator {
+            opts,
+            id,
+            started: false,
+            finished: false,
+            next_index: 0,
+            open: None,
+            items: HashMap::new(),
+            item_index: HashMap::new(),
+            call_ids: HashSet::new(),
+            tool_used: false,
+            usage: UsageAccumulator::new(),
+            failure: None,
+        }
     }
 
     fn adopt_identity(&mut self, response: Option<&Value>) {
@@ -604,6 +611,7 @@ impl MessagesStreamTranslator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::StreamTranslator;
 
     fn ev(v: Value) -> SseEvent {
         SseEvent::new(v.get("type").and_then(Value::as_str), v.to_string())
