@@ -565,6 +565,23 @@ fn build_direct_client(cfg: &UpstreamConfig) -> Result<DirectClient, UpstreamErr
     )
 }
 
+/// The client of the control plane's one-off calls (OAuth token exchange, refresh, usage):
+/// bounded in time, never following a redirect (one would carry a code, refresh token or
+/// bearer to another host). The error is already the message callers wrap.
+pub(crate) fn credential_client(
+    connect_timeout: Duration,
+    request_timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .timeout(request_timeout)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {}", error::chain(&e)))
+}
+
 /// A client whose every connection goes through `proxy` (`http`, `https`, `socks5`,
 /// `socks5h`); environment proxies are never used, so routing never depends on the process
 /// environment.

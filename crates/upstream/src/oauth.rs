@@ -459,18 +459,8 @@ struct Answer {
 impl OAuthClient {
     pub fn new(cfg: OAuthConfig) -> Result<OAuthClient, OAuthError> {
         cfg.validate()?;
-        crate::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .connect_timeout(cfg.connect_timeout)
-            .timeout(cfg.request_timeout)
-            .tcp_nodelay(true)
-            // A redirect from the token endpoint is never legitimate; following one would
-            // send the code and verifier elsewhere.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| {
-                OAuthError::Config(format!("cannot build the HTTP client: {}", chain(&e)))
-            })?;
+        let http = crate::credential_client(cfg.connect_timeout, cfg.request_timeout)
+            .map_err(OAuthError::Config)?;
         Ok(OAuthClient { cfg, http })
     }
 

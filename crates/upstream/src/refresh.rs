@@ -119,17 +119,8 @@ impl TokenRefresher {
                 "the OAuth client id must be printable ASCII".into(),
             ));
         }
-        crate::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .connect_timeout(cfg.connect_timeout)
-            .timeout(cfg.request_timeout)
-            .tcp_nodelay(true)
-            // A redirect would send the refresh token to another host.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| {
-                RefreshFailure::Config(format!("cannot build the HTTP client: {}", chain(&e)))
-            })?;
+        let http = crate::credential_client(cfg.connect_timeout, cfg.request_timeout)
+            .map_err(RefreshFailure::Config)?;
         Ok(TokenRefresher { cfg, http })
     }
 
