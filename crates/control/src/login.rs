@@ -250,27 +250,8 @@ impl LoginApi {
         F: FnOnce(Caller, T) -> Fut,
         Fut: Future<Output = Result<R, ApiError>>,
     {
-        let started = std::time::Instant::now();
-        let (metadata, _, message) = request.into_parts();
         // Every login call changes state or carries secrets: admin role only.
-        let outcome = match self.auth.authenticate(&metadata).await {
-            Ok(caller) => match caller.authorize(method, true) {
-                Ok(()) => f(caller, message).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        if let Err(e) = &outcome
-            && e.is_store_fault()
-        {
-            self.metrics.store_error(method);
-        }
-        let result = outcome
-            .map(Response::new)
-            .map_err(|e| e.into_status(method));
-        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
-        self.metrics.grpc_request(method, code, started.elapsed());
-        result
+        crate::service::rpc(&self.auth, &self.metrics, method, true, request, f).await
     }
 
     /// Drops sessions past their grace period and checks there is room for one more.

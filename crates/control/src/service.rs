@@ -129,26 +129,15 @@ impl AdminApi {
         F: FnOnce(Caller, T) -> Fut,
         Fut: Future<Output = Result<R, ApiError>>,
     {
-        let started = Instant::now();
-        let (metadata, _, message) = request.into_parts();
-        let outcome = match self.auth.authenticate(&metadata).await {
-            Ok(caller) => match caller.authorize(method, mutating) {
-                Ok(()) => handler(caller, message).await,
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
-        if let Err(e) = &outcome
-            && e.is_store_fault()
-        {
-            self.metrics.store_error(method);
-        }
-        let result = outcome
-            .map(Response::new)
-            .map_err(|e| e.into_status(method));
-        let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
-        self.metrics.grpc_request(method, code, started.elapsed());
-        result
+        rpc(
+            &self.auth,
+            &self.metrics,
+            method,
+            mutating,
+            request,
+            handler,
+        )
+        .await
     }
 
     // --------------------------------------------------------------------------- accounts
@@ -771,4 +760,40 @@ impl AdminService for AdminApi {
         })
         .await
     }
+}
+
+/// One RPC of the admin-token services: authenticate, authorise (`mutating` needs the admin
+/// role), run `handler`, map its error to a status, count it.
+pub(crate) async fn rpc<T, R, F, Fut>(
+    auth: &Authenticator,
+    metrics: &Metrics,
+    method: &'static str,
+    mutating: bool,
+    request: Request<T>,
+    handler: F,
+) -> RpcResult<R>
+where
+    F: FnOnce(Caller, T) -> Fut,
+    Fut: Future<Output = Result<R, ApiError>>,
+{
+    let started = Instant::now();
+    let (metadata, _, message) = request.into_parts();
+    let outcome = match auth.authenticate(&metadata).await {
+        Ok(caller) => match caller.authorize(method, mutating) {
+            Ok(()) => handler(caller, message).await,
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    if let Err(e) = &outcome
+        && e.is_store_fault()
+    {
+        metrics.store_error(method);
+    }
+    let result = outcome
+        .map(Response::new)
+        .map_err(|e| e.into_status(method));
+    let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+    metrics.grpc_request(method, code, started.elapsed());
+    result
 }
