@@ -1,6 +1,7 @@
 //! Which accounts may serve a request, and why each other one may not.
 
 use std::fmt;
+use std::sync::Arc;
 
 use poolgate_core::{
     AccountStatus, QuotaGuard, StatusReason, UnixMillis, UsageSnapshot, UsageWindow, glob,
@@ -99,7 +100,10 @@ impl Eligibility {
     }
 }
 
-pub(crate) fn quota_exhausted(any_eligible: bool, skipped: &[Skipped]) -> Option<QuotaExhausted> {
+pub(crate) fn quota_exhausted<'a>(
+    any_eligible: bool,
+    skipped: impl IntoIterator<Item = &'a Skipped>,
+) -> Option<QuotaExhausted> {
     if any_eligible {
         return None;
     }
@@ -146,6 +150,21 @@ impl SkipSummary {
             *c = c.saturating_add(1);
         }
         s
+    }
+
+    /// Both counts, reason by reason.
+    pub fn plus(self, o: SkipSummary) -> SkipSummary {
+        SkipSummary {
+            disabled: self.disabled.saturating_add(o.disabled),
+            unavailable: self.unavailable.saturating_add(o.unavailable),
+            group_not_allowed: self.group_not_allowed.saturating_add(o.group_not_allowed),
+            model_not_allowed: self.model_not_allowed.saturating_add(o.model_not_allowed),
+            protocol_unsupported: self
+                .protocol_unsupported
+                .saturating_add(o.protocol_unsupported),
+            quota_exhausted: self.quota_exhausted.saturating_add(o.quota_exhausted),
+            quota_guard: self.quota_guard.saturating_add(o.quota_guard),
+        }
     }
 
     pub fn total(&self) -> u32 {
@@ -347,22 +366,37 @@ pub struct Prefilter {
     passed: Vec<usize>,
     /// `account_hash` of each passed account's id (same positions as `passed`).
     hashes: Vec<u64>,
-    skipped: Vec<Skipped>,
+    /// Shared with every plan made from this prefilter, never copied into one: a key
+    /// limited to one small group of a 10,000-account pool skips thousands per request.
+    skipped: Arc<[Skipped]>,
+    summary: SkipSummary,
 }
 
 impl Prefilter {
     pub fn new(accounts: &[RouteAccount], req: &RouteRequest<'_>) -> Self {
         let mut p = Prefilter::default();
+        let mut skipped = Vec::new();
         for (index, a) in accounts.iter().enumerate() {
             match judge_static(a, req) {
-                Some(reason) => p.skipped.push(Skipped { index, reason }),
+                Some(reason) => skipped.push(Skipped { index, reason }),
                 None => {
                     p.passed.push(index);
                     p.hashes.push(crate::affinity::account_hash(&a.id));
                 }
             }
         }
+        p.summary = SkipSummary::of(&skipped);
+        p.skipped = skipped.into();
         p
+    }
+
+    /// The skips by reason ([`Prefilter::skipped`] counted once, when it was built).
+    pub fn summary(&self) -> SkipSummary {
+        self.summary
+    }
+
+    pub(crate) fn shared_skips(&self) -> Arc<[Skipped]> {
+        Arc::clone(&self.skipped)
     }
 
     /// Indices (ascending) of the accounts that passed the time-independent rules.
@@ -479,8 +513,8 @@ pub(crate) fn scan(
     );
 }
 
-/// [`scan`] over a [`Prefilter`]'s survivors: only the time-dependent rules run, and the
-/// prefilter's skips are merged in so `skipped` ends up exactly as [`scan`] leaves it.
+/// [`scan`] over a [`Prefilter`]'s survivors: only the time-dependent rules run, and only
+/// their skips are appended to `skipped` (the prefilter's stay with it).
 pub(crate) fn scan_prefiltered(
     accounts: &[RouteAccount],
     pre: &Prefilter,
@@ -489,30 +523,30 @@ pub(crate) fn scan_prefiltered(
     skipped: &mut Vec<Skipped>,
     keep: impl FnMut(usize, bool),
 ) {
-    let mut dynamic = Vec::new();
     scan_with(
         pre.passed
             .iter()
             .filter_map(|i| accounts.get(*i).map(|a| (*i, a))),
         |a| judge_quota(a, guard, now_ms),
-        &mut dynamic,
+        skipped,
         keep,
     );
-    // Both lists are in input order: a linear merge keeps the whole list so.
-    skipped.reserve(pre.skipped.len() + dynamic.len());
-    let (mut s, mut d) = (
-        pre.skipped.iter().peekable(),
-        dynamic.into_iter().peekable(),
-    );
+}
+
+/// Two skip lists, each in input order, merged into one in input order.
+pub(crate) fn merge_skips(a: &[Skipped], b: &[Skipped]) -> Vec<Skipped> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut x, mut y) = (a.iter().peekable(), b.iter().peekable());
     loop {
-        let next = match (s.peek(), d.peek()) {
-            (Some(x), Some(y)) if x.index <= y.index => s.next().copied(),
-            (Some(_), Some(_)) | (None, Some(_)) => d.next(),
-            (Some(_), None) => s.next().copied(),
+        let next = match (x.peek(), y.peek()) {
+            (Some(p), Some(q)) if p.index <= q.index => x.next(),
+            (Some(_), Some(_)) | (None, Some(_)) => y.next(),
+            (Some(_), None) => x.next(),
             (None, None) => break,
         };
-        skipped.extend(next);
+        out.extend(next.copied());
     }
+    out
 }
 
 fn scan_with<'a>(

@@ -1,13 +1,15 @@
 //! The attempt plan: the ordered candidates the gateway's attempt loop walks, and the check
 //! it makes before each attempt.
 
+use std::sync::Arc;
+
 use poolgate_core::{RoutingPolicy, Strategy, UnixMillis};
 
 use crate::affinity::{account_hash, anchor_hash, weight};
 use crate::cursor::BalancedCursor;
 use crate::eligibility::{
-    Eligibility, Prefilter, QuotaExhausted, SkipSummary, Skipped, eligibility, quota_exhausted,
-    scan, scan_prefiltered, tightest_used_fraction,
+    Eligibility, Prefilter, QuotaExhausted, SkipSummary, Skipped, eligibility, merge_skips,
+    quota_exhausted, scan, scan_prefiltered, tightest_used_fraction,
 };
 use crate::health::{AccountHealth, Cooldown, HealthSource, Load, Outcome};
 use crate::input::{RouteAccount, RouteRequest};
@@ -45,10 +47,22 @@ pub struct Candidate {
 }
 
 /// Candidates in attempt order, and every account left out with its reason.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct Plan {
     pub candidates: Vec<Candidate>,
-    pub skipped: Vec<Skipped>,
+    /// Skips judged for this plan (all of them without a prefilter).
+    skipped: Vec<Skipped>,
+    /// A prefilter's time-independent skips, shared rather than copied per request.
+    fixed: Arc<[Skipped]>,
+    fixed_summary: SkipSummary,
+}
+
+/// Equal when they pick the same candidates and skip the same accounts for the same
+/// reasons, however the skips are held.
+impl PartialEq for Plan {
+    fn eq(&self, o: &Plan) -> bool {
+        self.candidates == o.candidates && self.skipped() == o.skipped()
+    }
 }
 
 /// Why a request cannot be routed at all; the message is safe to show a client.
@@ -68,11 +82,20 @@ impl Plan {
     /// `Some` when there is no candidate and quota is why (see
     /// [`Eligibility::quota_exhausted`]).
     pub fn quota_exhausted(&self) -> Option<QuotaExhausted> {
-        quota_exhausted(!self.candidates.is_empty(), &self.skipped)
+        quota_exhausted(
+            !self.candidates.is_empty(),
+            self.skipped.iter().chain(self.fixed.iter()),
+        )
     }
 
+    /// Skips by reason; costs only the skips judged for this plan.
     pub fn summary(&self) -> SkipSummary {
-        SkipSummary::of(&self.skipped)
+        self.fixed_summary.plus(SkipSummary::of(&self.skipped))
+    }
+
+    /// Every account left out, in input order (for diagnostics: linear in the pool).
+    pub fn skipped(&self) -> Vec<Skipped> {
+        merge_skips(&self.fixed, &self.skipped)
     }
 
     /// The plan when it has a candidate, else why not.
@@ -352,7 +375,11 @@ impl Router {
         );
         // `accounts` is in routing order and the scan visits it by ascending index, so the
         // entries already stand in strategy order: no sort, and no id read per account.
-        self.order_candidates(accounts, req, health, now_ms, rotation, rng, order, skipped)
+        let mut plan =
+            self.order_candidates(accounts, req, health, now_ms, rotation, rng, order, skipped);
+        plan.fixed = pre.shared_skips();
+        plan.fixed_summary = pre.summary();
+        plan
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -464,6 +491,7 @@ impl Router {
         Plan {
             candidates,
             skipped,
+            ..Plan::default()
         }
     }
 
@@ -615,7 +643,7 @@ mod tests {
         );
         assert_eq!(ids(&accounts, &plan), ["d", "b", "a", "c"]);
         assert!(plan.candidates.iter().all(|c| c.pick == Pick::Order));
-        assert!(plan.skipped.is_empty());
+        assert!(plan.skipped().is_empty());
     }
 
     #[test]
@@ -1176,6 +1204,38 @@ mod tests {
             }
         }
         assert_eq!(compared, 5 * 2 * 4 * 3 * 3 * 2);
+    }
+
+    #[test]
+    fn prefiltered_plans_share_the_prefilter_skips() {
+        let (accounts, healths) = mixed_pool(400, 0.0);
+        let req = RouteRequest::new("o3", "k");
+        let pre = Prefilter::new(&accounts, &req);
+        assert!(!pre.skipped().is_empty());
+        let r = router(Strategy::Balanced, 3);
+        let plan = r.plan_prefiltered(
+            &accounts,
+            &pre,
+            &req,
+            &healths[..],
+            NOW,
+            0,
+            &mut SplitMix64::new(5),
+        );
+        // No per-request copy of the time-independent skips, yet they are all counted.
+        assert!(Arc::ptr_eq(&plan.fixed, &pre.shared_skips()));
+        assert!(plan.skipped.len() < pre.skipped().len());
+        let full = r.plan(
+            &accounts,
+            &req,
+            &healths[..],
+            NOW,
+            0,
+            &mut SplitMix64::new(5),
+        );
+        assert_eq!(plan.summary(), full.summary());
+        assert_eq!(plan.summary().total() as usize, plan.skipped().len());
+        assert_eq!(plan.quota_exhausted(), full.quota_exhausted());
     }
 
     #[test]

@@ -364,7 +364,7 @@ proptest! {
         for c in &plan.candidates {
             prop_assert!(seen.insert(c.index), "index {} twice", c.index);
         }
-        for s in &plan.skipped {
+        for s in &plan.skipped() {
             prop_assert!(seen.insert(s.index), "index {} twice", s.index);
         }
         prop_assert_eq!(seen.len(), accounts.len());
@@ -381,7 +381,7 @@ proptest! {
             prop_assert!(s.is_finite() && s >= 1.0);
         }
         let summary = plan.summary();
-        prop_assert_eq!(summary.total() as usize, plan.skipped.len());
+        prop_assert_eq!(summary.total() as usize, plan.skipped().len());
         let quota = plan.quota_exhausted();
         let has_candidates = !plan.candidates.is_empty();
         match plan.into_result() {
