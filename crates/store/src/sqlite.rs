@@ -252,6 +252,14 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| ctx(&e))?;
+        // Request logs arrive as a steady stream of small transactions that dirty the same
+        // index pages again and again. Checkpointing every 16,384 WAL pages instead of
+        // SQLite's 1,000 copies each hot page back once per many commits, not once per
+        // few; the size limit hands the WAL's disk space back after a checkpoint.
+        conn.pragma_update(None, "wal_autocheckpoint", 16_384)
+            .map_err(|e| ctx(&e))?;
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+            .map_err(|e| ctx(&e))?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(|e| ctx(&e))?;
         conn.set_prepared_statement_cache_capacity(128);
