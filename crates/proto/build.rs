@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // From the environment at run time, not `env!`: cargo may reuse this build script
+    // compiled in another checkout that shares the target dir (its hash ignores the path).
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         "poolgate/v1/admin.proto",
         "poolgate/v1/snapshot.proto",

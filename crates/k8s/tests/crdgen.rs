@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use poolgate_k8s::crdgen;
 
@@ -12,11 +12,15 @@ const REGENERATE: &str = "regenerate with `cargo run -p poolgate -- crdgen --out
      (or `POOLGATE_UPDATE_CRDS=1 cargo test -p poolgate-k8s --test crdgen`)";
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .nth(2)
-        .unwrap()
-        .to_path_buf()
+    // Read when the test runs, not when it was built: a target dir shared between checkouts
+    // may hold a binary built elsewhere.
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .ancestors()
+    .nth(2)
+    .unwrap()
+    .to_path_buf()
 }
 
 #[test]

@@ -33,9 +33,12 @@ use serde_json::{Value, json};
 const NOW_MS: i64 = 1_767_225_600_000;
 
 fn golden_dir(suite: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(suite)
+    // Read when the test runs (see crates/proto/build.rs).
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("tests/golden")
+    .join(suite)
 }
 
 /// The `(case name, input path)` pairs of a suite, sorted.
