@@ -15,6 +15,9 @@ pub struct GatewayConfig {
     pub admin_listen: String,
     /// Names this gateway in request logs and reports.
     pub node_id: String,
+    /// Threads serving client connections, each with its own runtime and upstream pool;
+    /// 0 means one per CPU the process may use (cgroup limits included).
+    pub workers: usize,
     /// Request bodies above this (after zstd decoding) get 413.
     pub max_body_bytes: usize,
     /// A `: keep-alive` comment goes to SSE clients after this long without upstream bytes.
@@ -30,6 +33,10 @@ pub struct GatewayConfig {
     pub preflight_max_bytes: usize,
     /// ...or this long, so an early in-stream quota error can still fail over.
     pub preflight_max_wait: Duration,
+    /// A non-streamed upstream answer announcing a Content-Length up to this is read whole
+    /// and sent with its length in one write (a break in it can still fail over); larger
+    /// ones are relayed as they arrive.
+    pub max_buffered_body_bytes: usize,
     /// Bound on an upstream error body read to classify it (and relay it).
     pub max_error_body_bytes: usize,
     /// Bound on a streamed response aggregated for a non-streaming client.
@@ -43,6 +50,16 @@ pub struct GatewayConfig {
     pub anthropic_default_model: String,
 }
 
+impl GatewayConfig {
+    /// [`GatewayConfig::workers`] with 0 resolved to the CPUs available.
+    pub fn worker_threads(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }
+    }
+}
+
 /// The default for [`GatewayConfig::anthropic_default_model`].
 pub const DEFAULT_ANTHROPIC_MODEL: &str = "gpt-5";
 
@@ -52,6 +69,7 @@ impl Default for GatewayConfig {
             listen: "0.0.0.0:8080".into(),
             admin_listen: "0.0.0.0:9090".into(),
             node_id: "gateway".into(),
+            workers: 0,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             keepalive_interval: Duration::from_secs(15),
             // The per-send stream timeout of seed spec §12 (300 000 ms); the Codex CLI gives
@@ -60,6 +78,7 @@ impl Default for GatewayConfig {
             stream_idle_timeout: Duration::from_secs(300),
             preflight_max_bytes: 64 * 1024,
             preflight_max_wait: Duration::from_secs(10),
+            max_buffered_body_bytes: 256 * 1024,
             max_error_body_bytes: 1024 * 1024,
             max_aggregate_bytes: poolgate_wire::aggregate::DEFAULT_MAX_AGGREGATE_BYTES,
             report: ReportConfig::default(),

@@ -77,7 +77,8 @@ pub enum GatewayError {
 
 /// A gateway with its listeners bound (so the chosen ports are known before it serves).
 pub struct Gateway {
-    gw: Arc<proxy::Gw>,
+    /// One per worker thread: they share everything but the upstream connection pool.
+    gws: Vec<Arc<proxy::Gw>>,
     source: Arc<dyn SnapshotSource>,
     sink: Arc<dyn ReportSink>,
     listener: TcpListener,
@@ -120,21 +121,24 @@ impl Gateway {
         let (admin, admin_addr) = bind(&config.admin_listen).await?;
         let metrics = Arc::new(Metrics::new());
         let shared = Arc::new(state::Shared::new(metrics.clone()));
-        let upstream = UpstreamClient::new(config.upstream.clone())?;
         let reporter = Arc::new(report::Reporter::new(
             config.report.clone(),
             config.node_id.clone(),
             metrics.clone(),
         ));
-        let gw = Arc::new(proxy::Gw {
-            cfg: config,
-            shared,
-            upstream,
-            reporter,
-            metrics,
-        });
+        let workers = config.worker_threads();
+        let mut gws = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            gws.push(Arc::new(proxy::Gw {
+                cfg: config.clone(),
+                shared: shared.clone(),
+                upstream: UpstreamClient::new(config.upstream.clone())?,
+                reporter: reporter.clone(),
+                metrics: metrics.clone(),
+            }));
+        }
         Ok(Gateway {
-            gw,
+            gws,
             source,
             sink,
             listener,
@@ -153,14 +157,19 @@ impl Gateway {
     }
 
     pub fn metrics(&self) -> Arc<Metrics> {
-        self.gw.metrics.clone()
+        self.gws[0].metrics.clone()
+    }
+
+    /// The threads serving client connections.
+    pub fn workers(&self) -> usize {
+        self.gws.len()
     }
 
     /// Serves until `shutdown` completes; then stops accepting, lets open requests finish
     /// (up to 30 s) and flushes the report queue.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         let Gateway {
-            gw,
+            gws,
             source,
             sink,
             listener,
@@ -168,6 +177,7 @@ impl Gateway {
             local_addr,
             admin_addr,
         } = self;
+        let gw = gws[0].clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         // The shipper stops last, so logs of requests that finish during the grace period
         // are flushed too.
@@ -193,19 +203,31 @@ impl Gateway {
             "admin",
         ));
         tracing::info!(admin_listen = %admin_addr, "gateway admin HTTP listening");
-        let handler_gw = gw.clone();
-        let main = tokio::spawn(server::serve(
-            listener,
-            move |req| proxy::handle(handler_gw.clone(), req),
-            stop_rx.clone(),
-            SHUTDOWN_GRACE,
-            "gateway",
-        ));
-        tracing::info!(gateway_listen = %local_addr, node = %gw.cfg.node_id, "gateway listening");
+        let workers = gws.len();
+        let worker_metrics = gw.metrics.clone();
+        let main = tokio::spawn(async move {
+            server::serve_workers(
+                listener,
+                workers,
+                &worker_metrics,
+                move |i| {
+                    let gw = gws[i].clone();
+                    move |req| proxy::handle(gw.clone(), req)
+                },
+                stop_rx.clone(),
+                SHUTDOWN_GRACE,
+            )
+            .await
+        });
+        tracing::info!(gateway_listen = %local_addr, node = %gw.cfg.node_id, workers, "gateway listening");
         shutdown.await;
         tracing::info!("gateway shutting down");
         let _ = stop_tx.send(true);
-        let _ = main.await;
+        match main.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot start the gateway's worker threads"),
+            Err(e) => tracing::error!(error = %e, "the gateway's acceptor failed"),
+            Ok(Ok(())) => {}
+        }
         let _ = admin_task.await;
         let _ = follower.await;
         let _ = ship_stop_tx.send(true);

@@ -37,6 +37,11 @@ struct AccountLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: u32,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProviderLabels {
     provider: &'static str,
 }
@@ -60,6 +65,7 @@ pub struct Metrics {
     cooldowns: Family<ReasonLabels, Counter>,
     skips: Family<ReasonLabels, Counter>,
     inflight: Family<AccountLabels, Gauge>,
+    worker_connections: Family<WorkerLabels, Gauge>,
     upstream_latency: Family<ProviderLabels, Histogram, fn() -> Histogram>,
     snapshot_version: Gauge,
     snapshot_age: Gauge<f64, AtomicU64>,
@@ -127,6 +133,12 @@ impl Metrics {
             "Requests in flight per upstream account",
             inflight.clone(),
         );
+        let worker_connections = Family::<WorkerLabels, Gauge>::default();
+        r.register(
+            "worker_connections",
+            "Client connections open on each serving thread",
+            worker_connections.clone(),
+        );
         let upstream_latency =
             Family::<ProviderLabels, Histogram, fn() -> Histogram>::new_with_constructor(
                 latency_histogram,
@@ -181,6 +193,7 @@ impl Metrics {
             cooldowns,
             skips,
             inflight,
+            worker_connections,
             upstream_latency,
             snapshot_version,
             snapshot_age,
@@ -243,6 +256,15 @@ impl Metrics {
         self.inflight
             .get_or_create(&AccountLabels {
                 account: account.to_string(),
+            })
+            .clone()
+    }
+
+    /// The open-connection gauge of serving thread `worker` (the acceptor balances on it).
+    pub(crate) fn worker_connections(&self, worker: usize) -> Gauge {
+        self.worker_connections
+            .get_or_create(&WorkerLabels {
+                worker: u32::try_from(worker).unwrap_or(u32::MAX),
             })
             .clone()
     }
@@ -312,6 +334,7 @@ mod tests {
         m.failover("rate_limited");
         m.skip("cooldown");
         m.inflight_gauge("acc_1").inc();
+        m.worker_connections(1).inc();
         m.upstream_latency("codex", 0.2);
         m.snapshot_applied(7);
         m.report_dropped(3);
@@ -322,6 +345,7 @@ mod tests {
             "poolgate_gateway_failovers_total{reason=\"rate_limited\"} 1",
             "poolgate_gateway_candidate_skips_total{reason=\"cooldown\"} 1",
             "poolgate_gateway_account_inflight{account=\"acc_1\"} 1",
+            "poolgate_gateway_worker_connections{worker=\"1\"} 1",
             "poolgate_gateway_snapshot_version 7",
             "poolgate_gateway_report_dropped_total 3",
             "poolgate_gateway_upstream_latency_seconds_count{provider=\"codex\"} 1",

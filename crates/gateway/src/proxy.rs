@@ -43,7 +43,8 @@ use crate::ids::{random_u64, request_id, uuid_v4};
 use crate::metrics::Metrics;
 use crate::models::models_body;
 use crate::relay::{
-    Aggregated, Dialect, Mode, Preflight, StreamFailureHook, aggregate, preflight, relay_body,
+    Aggregated, Dialect, Mode, Preflight, StreamFailureHook, aggregate, preflight, read_whole,
+    relay_body,
 };
 use crate::report::Reporter;
 use crate::respond::{self, Body, EVENT_STREAM, ErrorDialect, JSON};
@@ -244,6 +245,16 @@ fn fail(
 
 fn header_lookup<'a>(h: &'a HeaderMap) -> impl Fn(&str) -> Option<&'a str> + 'a {
     move |name: &str| h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The upstream's announced body length, when it announced one.
+fn content_length(h: &HeaderMap) -> Option<usize> {
+    h.get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -1207,6 +1218,50 @@ impl Call {
             .attempt(state.account.spec.provider.as_str(), "success");
     }
 
+    /// A non-streamed answer of known, bounded length: read whole, then sent with its
+    /// Content-Length in one piece. Nothing has reached the client while it is read, so a
+    /// body that breaks off fails over like a network error.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver_whole(
+        &self,
+        state: &AccountState,
+        cell: &HealthCell,
+        guard: InflightGuard,
+        status: u16,
+        resp: poolgate_upstream::UpstreamResponse,
+        len: usize,
+        latency: Duration,
+        mut fin: Finish,
+    ) -> Step {
+        let started = Instant::now();
+        match read_whole(resp.body, len, self.gw.cfg.stream_idle_timeout).await {
+            Ok((body, usage)) => {
+                drop(guard);
+                self.note_success(state, cell, status, latency, &mut fin);
+                fin.first_byte(status);
+                let mut r = respond::with_status(status, respond::full(body));
+                *r.headers_mut() = respond::relay_headers(&resp.headers, &fin.log.id);
+                fin.complete(usage, None);
+                Step::Done(r)
+            }
+            Err(e) => {
+                drop(guard);
+                let detail = e.to_string();
+                let elapsed = latency + started.elapsed();
+                self.note_failure(
+                    state,
+                    cell,
+                    Failure::Network,
+                    status,
+                    elapsed,
+                    &mut fin,
+                    &detail,
+                );
+                Step::Next(Failure::Network, Box::new(fin))
+            }
+        }
+    }
+
     async fn attempt(
         &mut self,
         state: &Arc<AccountState>,
@@ -1311,6 +1366,13 @@ impl Call {
         let delivery = self.delivery(provider, &resp.headers, &request_id);
         match delivery {
             Delivery::Raw => {
+                if let Some(len) = content_length(&resp.headers)
+                    .filter(|n| *n <= self.gw.cfg.max_buffered_body_bytes)
+                {
+                    return self
+                        .deliver_whole(state, cell, guard, status, resp, len, latency, fin)
+                        .await;
+                }
                 self.note_success(state, cell, status, latency, &mut fin);
                 fin.hold(guard);
                 fin.first_byte(status);

@@ -1,6 +1,13 @@
 //! The listeners: the client-facing server (HTTP/1.1 and h2c on one port) and the admin
 //! server (`/healthz`, `/readyz`, `/metrics`). `TCP_NODELAY` on every accepted socket: SSE
 //! frames are small and must not wait for Nagle.
+//!
+//! The client-facing server runs thread-per-core ([`serve_workers`]): one acceptor hands each
+//! connection to the worker thread with the fewest open connections, and each worker runs its
+//! connections on a current-thread runtime of its own, with its own upstream connection pool.
+//! A request's server connection, its upstream connection and every wake-up between them stay
+//! on one thread, as in nginx's worker model: no work stealing, no cross-thread wake-ups and
+//! no allocator traffic between threads on the hot path.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,8 +20,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::metrics::Metrics;
@@ -33,6 +41,228 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     }
 }
 
+fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+/// Serves one accepted connection with `handler` until it ends, or until `shutdown`, after
+/// which it gets `grace` to finish its requests.
+async fn serve_connection<F, Fut>(
+    stream: TcpStream,
+    builder: auto::Builder<TokioExecutor>,
+    handler: F,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    let svc = service_fn(handler);
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        }
+        _ = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(grace, conn).await;
+        }
+    }
+}
+
+/// Accepts the next connection; `None` once `shutdown` is signalled. Accept errors (usually
+/// EMFILE) back off instead of spinning.
+async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+    what: &'static str,
+) -> Option<TcpStream> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((stream, _)) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                    return Some(stream);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, server = what, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stopped(shutdown) => return None,
+        }
+    }
+}
+
+/// Connections handed to a worker but not yet picked up by it. Small: the acceptor moves on
+/// to another worker when one is behind.
+const WORKER_BACKLOG: usize = 256;
+
+/// One serving thread as the acceptor sees it.
+struct WorkerSlot {
+    conns: mpsc::Sender<std::net::TcpStream>,
+    /// Connections handed to the worker and not yet closed (`worker_connections`).
+    open: Gauge,
+}
+
+/// Serves `listener` on `workers` threads, each running a current-thread runtime with the
+/// handler `make(i)` builds for it (so each worker has its own upstream pool). Accepts on the
+/// caller's runtime and hands each connection to the worker with the fewest open ones. On
+/// `shutdown` the listener closes and open connections get `grace` to finish.
+pub(crate) async fn serve_workers<M, F, Fut>(
+    listener: TcpListener,
+    workers: usize,
+    metrics: &Metrics,
+    make: M,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) -> std::io::Result<()>
+where
+    M: Fn(usize) -> F,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    let mut slots = Vec::with_capacity(workers.max(1));
+    let mut finished = Vec::with_capacity(workers.max(1));
+    for i in 0..workers.max(1) {
+        let (tx, rx) = mpsc::channel(WORKER_BACKLOG);
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let open = metrics.worker_connections(i);
+        let handler = make(i);
+        let worker_open = open.clone();
+        let stop = shutdown.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("gateway-{i}"))
+            .spawn(move || {
+                runtime.block_on(run_worker(rx, handler, worker_open, stop, grace));
+                // A DNS lookup still running on the blocking pool must not hold the exit.
+                runtime.shutdown_timeout(Duration::from_secs(1));
+                let _ = done_tx.send(());
+            })?;
+        slots.push(WorkerSlot { conns: tx, open });
+        finished.push(done_rx);
+    }
+    while let Some(stream) = accept(&listener, &mut shutdown, "gateway").await {
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot hand over an accepted connection");
+                continue;
+            }
+        };
+        hand_over(&slots, stream).await;
+    }
+    drop(listener);
+    // Closing the channels tells idle workers there is nothing more to come.
+    drop(slots);
+    for done in finished {
+        let _ = done.await;
+    }
+    Ok(())
+}
+
+/// Gives `stream` to the least loaded worker that has room in its backlog, or waits for the
+/// least loaded one when all are behind.
+async fn hand_over(slots: &[WorkerSlot], stream: std::net::TcpStream) {
+    let mut order: Vec<usize> = (0..slots.len()).collect();
+    order.sort_by_key(|&i| slots[i].open.get());
+    let mut stream = stream;
+    for &i in &order {
+        let slot = &slots[i];
+        slot.open.inc();
+        match slot.conns.try_send(stream) {
+            Ok(()) => return,
+            Err(e) => {
+                slot.open.dec();
+                match e {
+                    mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => {
+                        stream = s;
+                    }
+                }
+            }
+        }
+    }
+    if let Some(slot) = order.first().map(|&i| &slots[i]) {
+        slot.open.inc();
+        if slot.conns.send(stream).await.is_err() {
+            slot.open.dec();
+        }
+    }
+}
+
+/// Decrements a worker's open-connection count when a connection ends, however it ends.
+struct OpenGuard(Gauge);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn run_worker<F, Fut>(
+    mut rx: mpsc::Receiver<std::net::TcpStream>,
+    handler: F,
+    open: Gauge,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    let builder = http_builder();
+    let mut conns = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            s = rx.recv() => match s {
+                Some(s) => s,
+                None => break,
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let guard = OpenGuard(open.clone());
+        let stream = match stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot adopt a connection");
+                continue;
+            }
+        };
+        while conns.try_join_next().is_some() {}
+        let (handler, builder, stop) = (handler.clone(), builder.clone(), shutdown.clone());
+        conns.spawn(async move {
+            let _guard = guard;
+            serve_connection(stream, builder, handler, stop, grace).await;
+        });
+    }
+    // Connections already handed over but not picked up are closed unserved.
+    rx.close();
+    while rx.try_recv().is_ok() {
+        open.dec();
+    }
+    let _ = tokio::time::timeout(grace + Duration::from_secs(1), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.abort_all();
+}
+
 /// Accepts connections and serves each with `handler` until `shutdown`; then open
 /// connections get `grace` to finish their requests.
 pub(crate) async fn serve<F, Fut>(
@@ -45,49 +275,12 @@ pub(crate) async fn serve<F, Fut>(
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+    let builder = http_builder();
     let mut conns = JoinSet::new();
-    loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // Usually EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, server = what, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut shutdown) => break,
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
+    while let Some(stream) = accept(&listener, &mut shutdown, what).await {
         while conns.try_join_next().is_some() {}
-        let handler = handler.clone();
-        let builder = builder.clone();
-        let mut stop = shutdown.clone();
-        conns.spawn(async move {
-            let svc = service_fn(handler);
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                }
-                _ = stopped(&mut stop) => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(grace, conn).await;
-                }
-            }
-        });
+        let (handler, builder, stop) = (handler.clone(), builder.clone(), shutdown.clone());
+        conns.spawn(serve_connection(stream, builder, handler, stop, grace));
     }
     drop(listener);
     let _ = tokio::time::timeout(grace + Duration::from_secs(1), async {

@@ -1155,3 +1155,114 @@ async fn a_client_disconnect_closes_the_upstream_connection() {
     );
     h.stop().await;
 }
+
+async fn two_openai() -> Harness {
+    Harness::start(test_config(), |m| {
+        full(
+            1,
+            vec![
+                openai_account("acc_a", "sk-a", &m.openai_base_url(), 0),
+                openai_account("acc_b", "sk-b", &m.openai_base_url(), 1),
+            ],
+            vec![platform_key("key_1", KEY)],
+        )
+    })
+    .await
+}
+
+#[tokio::test]
+async fn json_answers_keep_their_length_and_a_cut_one_fails_over() {
+    let h = two_openai().await;
+    let body = json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "whole"}]});
+    let r = h.post("/v1/chat/completions", &body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // Read whole and sent with its length, not re-chunked.
+    let len: usize = r.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(r.headers().get("transfer-encoding").is_none());
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(bytes.len(), len);
+
+    // The upstream announces the whole length and breaks off halfway: nothing has reached
+    // the client, so the next account answers instead.
+    h.mock.set_fault("sk-a", Fault::TruncatedBody.times(1));
+    let r = h.post("/v1/chat/completions", &body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let id = request_id(&r);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "echo: whole");
+    let log = h.log(&id).await;
+    assert_eq!(log.attempts.len(), 2, "{log:?}");
+    assert_eq!(log.attempts[0].account_id, "acc_a");
+    assert_eq!(log.attempts[0].status, 200);
+    assert_eq!(log.attempts[0].error_class, Some(ErrorClass::Network));
+    assert_eq!(log.account_id.as_deref(), Some("acc_b"));
+    assert_eq!(log.error_class, None);
+    assert!(
+        log.input_tokens > 0,
+        "usage of the answer that arrived: {log:?}"
+    );
+    let m = h.metrics().await;
+    assert!(
+        m.contains("poolgate_gateway_failovers_total{reason=\"network\"} 1"),
+        "{m}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn connections_go_to_the_least_busy_serving_thread() {
+    let h = two_openai().await;
+    let gauge = |m: &str, w: u32| -> Option<i64> {
+        let needle = format!("poolgate_gateway_worker_connections{{worker=\"{w}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(needle.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let wait_for = |want: (i64, i64)| {
+        let h = &h;
+        async move {
+            let mut seen = (None, None);
+            for _ in 0..200 {
+                let m = h.metrics().await;
+                seen = (gauge(&m, 0), gauge(&m, 1));
+                if seen == (Some(want.0), Some(want.1)) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("worker connections {seen:?}, expected {want:?}");
+        }
+    };
+    // One at a time, so each hand-over sees the counts of the ones before it.
+    let mut conns = Vec::new();
+    for n in 1..=4i64 {
+        conns.push(tokio::net::TcpStream::connect(h.addr).await.unwrap());
+        wait_for(((n + 1) / 2, n / 2)).await;
+    }
+    // Worker 0 got the first and the third; closing them leaves it idle, so it takes the
+    // next two.
+    drop(conns.remove(2));
+    drop(conns.remove(0));
+    wait_for((0, 2)).await;
+    conns.push(tokio::net::TcpStream::connect(h.addr).await.unwrap());
+    wait_for((1, 2)).await;
+    conns.push(tokio::net::TcpStream::connect(h.addr).await.unwrap());
+    wait_for((2, 2)).await;
+    // Every connection is served, whichever thread holds it.
+    for _ in 0..8 {
+        let r = h
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    h.stop().await;
+}

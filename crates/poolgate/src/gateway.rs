@@ -58,6 +58,10 @@ pub(crate) struct GatewayTuning {
     /// (`claude-*`), unless the platform key overrides the model.
     #[arg(long, env = "POOLGATE_ANTHROPIC_DEFAULT_MODEL", default_value = poolgate_gateway::DEFAULT_ANTHROPIC_MODEL)]
     pub anthropic_default_model: String,
+    /// Threads serving client connections, each with its own event loop and upstream
+    /// connection pool; 0 = one per CPU available to the process (cgroup limits included).
+    #[arg(long, env = "POOLGATE_GATEWAY_WORKERS", default_value_t = 0)]
+    pub gateway_workers: usize,
 }
 
 impl GatewayTuning {
@@ -68,6 +72,7 @@ impl GatewayTuning {
             node_id,
             max_body_bytes: self.max_body,
             anthropic_default_model: self.anthropic_default_model.clone(),
+            workers: self.gateway_workers,
             ..GatewayConfig::default()
         };
         cfg.upstream.codex_version = self.codex_version.clone();

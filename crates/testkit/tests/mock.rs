@@ -1285,6 +1285,59 @@ async fn dropped_connections() {
 }
 
 #[tokio::test]
+async fn truncated_bodies_announce_more_than_they_send() {
+    let mock = MockUpstream::start().await.unwrap();
+    let c = client();
+    mock.set_fault("k", Fault::TruncatedBody.times(1));
+    let chat = json!({"model": "m", "messages": [{"role": "user", "content": "cut"}]});
+    let owned = openai_headers("k");
+    let h: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let resp = send_raw(
+        &c,
+        request(
+            Method::POST,
+            &format!("{}/chat/completions", mock.openai_base_url()),
+            &h,
+            chat.to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let announced: usize = resp.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut got = 0;
+    let mut failed = false;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => got += f.data_ref().map_or(0, |d| d.len()),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "the body must end in an error");
+    assert_eq!(got, announced / 2);
+    // Taken once: the next answer is whole.
+    assert_eq!(
+        openai(&c, &mock, "/chat/completions", "k", &chat, &[])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    // A stream is cut after its first event.
+    mock.set_fault("t", Fault::TruncatedBody.times(1));
+    let resp = send_raw(&c, codex_request(&mock, "t", &codex_body("cut"), &[])).await;
+    let (events, err) = timed_events(resp).await;
+    assert!(err.is_some());
+    assert_eq!(events.len(), 1);
+}
+
+#[tokio::test]
 async fn in_stream_failures_classify_for_failover() {
     let mock = MockUpstream::start().await.unwrap();
     let c = client();

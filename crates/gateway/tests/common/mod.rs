@@ -136,6 +136,8 @@ pub fn test_config() -> GatewayConfig {
         listen: "127.0.0.1:0".into(),
         admin_listen: "127.0.0.1:0".into(),
         node_id: "gw-test".into(),
+        // Two serving threads whatever the machine: connections are spread over both.
+        workers: 2,
         ..GatewayConfig::default()
     };
     cfg.report.interval = Duration::from_millis(50);

@@ -49,6 +49,10 @@ pub enum Fault {
     /// A stream's connection is closed after `after_events` events, without a terminal event;
     /// a JSON request's connection is closed without any answer.
     DropConnection { after_events: u32 },
+    /// A JSON answer announces its whole `Content-Length`, sends the first half of its body
+    /// and closes the connection (a stream is cut after its first event, like
+    /// `DropConnection`).
+    TruncatedBody,
     /// A stream fails inside: `response.created`, `response.in_progress`, then
     /// `response.failed` whose `response.error` carries `code` (a Chat Completions stream
     /// gets an `error` frame instead). Only streaming answers take this fault.
@@ -240,6 +244,7 @@ pub(crate) fn http_answer(
         Fault::SlowFirstByte { .. }
         | Fault::StallMidStream { .. }
         | Fault::DropConnection { .. }
+        | Fault::TruncatedBody
         | Fault::InStreamFailure { .. }
         | Fault::FailureAfterContent { .. } => return None,
     };
@@ -310,6 +315,7 @@ fn anthropic_answer(fault: &Fault, id: u64, now_secs: i64) -> Option<Response<Mo
         | Fault::SlowFirstByte { .. }
         | Fault::StallMidStream { .. }
         | Fault::DropConnection { .. }
+        | Fault::TruncatedBody
         | Fault::InStreamFailure { .. }
         | Fault::FailureAfterContent { .. } => return None,
     };
@@ -352,6 +358,7 @@ fn azure_answer(fault: &Fault) -> Option<Response<MockBody>> {
         | Fault::SlowFirstByte { .. }
         | Fault::StallMidStream { .. }
         | Fault::DropConnection { .. }
+        | Fault::TruncatedBody
         | Fault::InStreamFailure { .. }
         | Fault::FailureAfterContent { .. } => return None,
     };

@@ -53,6 +53,8 @@ pub(crate) struct Shaping {
     pub failure: Option<(String, Option<u64>)>,
     /// The failure comes after the content deltas instead of before them.
     pub failure_after_content: bool,
+    /// A JSON answer is cut after half its announced length; a stream after one event.
+    pub truncate: bool,
 }
 
 impl Shaping {
@@ -61,7 +63,7 @@ impl Shaping {
         Plan {
             delta_delay,
             stall: self.stall,
-            drop_after: self.drop_after,
+            drop_after: self.drop_after.or(self.truncate.then_some(1)),
         }
     }
 
@@ -70,6 +72,21 @@ impl Shaping {
     pub(crate) fn json(&self, resp: Response<MockBody>) -> Result<Response<MockBody>, Aborted> {
         if self.drop_after.is_some() {
             return Err(Aborted);
+        }
+        if self.truncate {
+            let (parts, body) = resp.into_parts();
+            let data = match body {
+                MockBody::Full(b) => b.unwrap_or_default(),
+                MockBody::Paced(_) => return Ok(Response::from_parts(parts, body)),
+            };
+            let mut parts = parts;
+            parts.headers.insert(
+                http::header::CONTENT_LENGTH,
+                http::HeaderValue::from(data.len()),
+            );
+            let half = data.slice(..data.len() / 2);
+            let steps = VecDeque::from([Step::Data(half), Step::Flush, Step::Abort]);
+            return Ok(Response::from_parts(parts, MockBody::paced(steps)));
         }
         let Some((_, stall)) = self.stall else {
             return Ok(resp);
@@ -141,6 +158,7 @@ impl Cx {
                 ))
             }
             Fault::DropConnection { after_events } => s.drop_after = Some(after_events),
+            Fault::TruncatedBody => s.truncate = true,
             Fault::InStreamFailure {
                 code,
                 resets_in_secs,
