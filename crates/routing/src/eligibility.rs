@@ -272,9 +272,12 @@ fn ascii_glob(p: &[u8], t: &[u8]) -> bool {
     p[pi.min(p.len())..].iter().all(|c| *c == b'*')
 }
 
-enum Verdict {
+pub(crate) enum Verdict {
     Skip(SkipReason),
-    Pass { guard: Option<SkipReason> },
+    /// Eligible; `guard` says it is below the quota guard (skipped unless all are).
+    Pass {
+        guard: Option<SkipReason>,
+    },
 }
 
 fn judge(
@@ -318,7 +321,8 @@ fn quota_status(a: &RouteAccount) -> bool {
 
 /// The time-dependent rules (quota windows and their resets), for an account that passed
 /// [`judge_static`].
-fn judge_quota(a: &RouteAccount, guard: &QuotaGuard, now_ms: UnixMillis) -> Verdict {
+/// The time-dependent rules (quota windows, the quota guard) for one account.
+pub(crate) fn judge_quota(a: &RouteAccount, guard: &QuotaGuard, now_ms: UnixMillis) -> Verdict {
     let quota_status = quota_status(a);
     let Some(usage) = a.usage.as_ref() else {
         return if quota_status {
@@ -363,9 +367,13 @@ fn judge_quota(a: &RouteAccount, guard: &QuotaGuard, now_ms: UnixMillis) -> Verd
 /// [`Router::plan_prefiltered`]: crate::Router::plan_prefiltered
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Prefilter {
+    /// In routing order ([`crate::routing_order`]).
     passed: Vec<usize>,
     /// `account_hash` of each passed account's id (same positions as `passed`).
     hashes: Vec<u64>,
+    /// Each passed account's priority (same positions): a plan reads a tier's extent here
+    /// rather than from thousands of account records.
+    priorities: Vec<i32>,
     /// Shared with every plan made from this prefilter, never copied into one: a key
     /// limited to one small group of a 10,000-account pool skips thousands per request.
     skipped: Arc<[Skipped]>,
@@ -373,18 +381,36 @@ pub struct Prefilter {
 }
 
 impl Prefilter {
+    /// For `accounts` kept in routing order ([`crate::routing_order`], once per snapshot),
+    /// as the gateway keeps them.
     pub fn new(accounts: &[RouteAccount], req: &RouteRequest<'_>) -> Self {
+        Self::build(accounts, req, false)
+    }
+
+    /// For `accounts` in any order: the survivors are put in routing order here.
+    pub fn in_routing_order(accounts: &[RouteAccount], req: &RouteRequest<'_>) -> Self {
+        Self::build(accounts, req, true)
+    }
+
+    fn build(accounts: &[RouteAccount], req: &RouteRequest<'_>, sort: bool) -> Self {
         let mut p = Prefilter::default();
         let mut skipped = Vec::new();
         for (index, a) in accounts.iter().enumerate() {
             match judge_static(a, req) {
                 Some(reason) => skipped.push(Skipped { index, reason }),
-                None => {
-                    p.passed.push(index);
-                    p.hashes.push(crate::affinity::account_hash(&a.id));
-                }
+                None => p.passed.push(index),
             }
         }
+        if sort {
+            p.passed
+                .sort_by(|x, y| crate::routing_order(&accounts[*x], &accounts[*y]).then(x.cmp(y)));
+        }
+        p.hashes = p
+            .passed
+            .iter()
+            .map(|i| crate::affinity::account_hash(&accounts[*i].id))
+            .collect();
+        p.priorities = p.passed.iter().map(|i| accounts[*i].priority).collect();
         p.summary = SkipSummary::of(&skipped);
         p.skipped = skipped.into();
         p
@@ -399,7 +425,7 @@ impl Prefilter {
         Arc::clone(&self.skipped)
     }
 
-    /// Indices (ascending) of the accounts that passed the time-independent rules.
+    /// Indices of the accounts that passed the time-independent rules, in routing order.
     pub fn passed(&self) -> &[usize] {
         &self.passed
     }
@@ -408,6 +434,11 @@ impl Prefilter {
     /// positions.
     pub fn hashes(&self) -> &[u64] {
         &self.hashes
+    }
+
+    /// The priorities of the [`Prefilter::passed`] accounts, at the same positions.
+    pub fn priorities(&self) -> &[i32] {
+        &self.priorities
     }
 
     /// The accounts left out by the time-independent rules, in input order.
@@ -508,26 +539,6 @@ pub(crate) fn scan(
     scan_with(
         accounts.iter().enumerate(),
         |a| judge(a, req, guard, now_ms),
-        skipped,
-        keep,
-    );
-}
-
-/// [`scan`] over a [`Prefilter`]'s survivors: only the time-dependent rules run, and only
-/// their skips are appended to `skipped` (the prefilter's stay with it).
-pub(crate) fn scan_prefiltered(
-    accounts: &[RouteAccount],
-    pre: &Prefilter,
-    guard: &QuotaGuard,
-    now_ms: UnixMillis,
-    skipped: &mut Vec<Skipped>,
-    keep: impl FnMut(usize, bool),
-) {
-    scan_with(
-        pre.passed
-            .iter()
-            .filter_map(|i| accounts.get(*i).map(|a| (*i, a))),
-        |a| judge_quota(a, guard, now_ms),
         skipped,
         keep,
     );

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use poolgate_core::{RoutingPolicy, Strategy, UnixMillis};
 
-use crate::affinity::{account_hash, anchor_hash, weight};
+use crate::affinity::{anchor_hash, weight};
 use crate::cursor::BalancedCursor;
 use crate::eligibility::{
-    Eligibility, Prefilter, QuotaExhausted, SkipSummary, Skipped, eligibility, merge_skips,
-    quota_exhausted, scan, scan_prefiltered, tightest_used_fraction,
+    Eligibility, Prefilter, QuotaExhausted, SkipReason, SkipSummary, Skipped, Verdict, eligibility,
+    judge_quota, merge_skips, quota_exhausted, tightest_used_fraction,
 };
 use crate::health::{AccountHealth, Cooldown, HealthSource, Load, Outcome};
 use crate::input::{RouteAccount, RouteRequest};
@@ -55,6 +55,7 @@ pub struct Plan {
     /// A prefilter's time-independent skips, shared rather than copied per request.
     fixed: Arc<[Skipped]>,
     fixed_summary: SkipSummary,
+    truncated: bool,
 }
 
 /// Equal when they pick the same candidates and skip the same accounts for the same
@@ -86,6 +87,13 @@ impl Plan {
             !self.candidates.is_empty(),
             self.skipped.iter().chain(self.fixed.iter()),
         )
+    }
+
+    /// The plan stopped after [`Tuning::plan_head`] ready accounts: its candidates are the
+    /// first ones of the full plan, and accounts it never looked at are neither candidates
+    /// nor skips (a request that fails on all of them gives up rather than try more).
+    pub fn truncated(&self) -> bool {
+        self.truncated
     }
 
     /// Skips by reason; costs only the skips judged for this plan.
@@ -151,13 +159,10 @@ fn cooling_until(a: &RouteAccount, load: Load, now_ms: UnixMillis) -> Option<(Un
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    priority: i32,
-    /// The id's first 8 bytes, big-endian: orders like the id, so most comparisons of
-    /// real ids (`acc_` + random hex) never touch the strings. Only [`Router::plan`] sorts
-    /// (0 on the prefiltered path, whose entries arrive in order).
-    id_prefix: u64,
     index: usize,
-    /// [`account_hash`] of the id, for affinity (0 when the request has no anchor).
+    /// Position in the prefilter's routing order (`Prefilter::passed`).
+    pos: usize,
+    /// [`account_hash`] of the id, for affinity.
     hash: u64,
     low: bool,
     ready: bool,
@@ -190,13 +195,17 @@ fn stable_by_class(order: Vec<Entry>) -> Vec<Entry> {
     out
 }
 
-fn id_prefix(id: &str) -> u64 {
-    let mut b = [0u8; 8];
-    for (d, s) in b.iter_mut().zip(id.as_bytes()) {
-        *d = *s;
-    }
-    u64::from_be_bytes(b)
+/// The affinity pick: its account, and its position in the plan's order when it is there.
+#[derive(Debug, Clone, Copy)]
+struct AffinityPick {
+    index: usize,
+    low: bool,
+    in_order: Option<usize>,
 }
+
+/// Rendezvous candidates kept while sweeping the weights of a truncated plan: the best one
+/// is almost always ready; if none of these is, the plan is made in full instead.
+const AFFINITY_RESERVE: usize = 8;
 
 /// The `ordered` strategy's order: priority ascending (lower first), then id. A gateway that
 /// keeps its account list sorted this way (once per snapshot) makes every plan linear in
@@ -300,8 +309,12 @@ impl Router {
     /// at their in-flight cap go last, and so do accounts below the quota guard.
     ///
     /// `health` is this gateway's view of each account (see [`HealthSource`]); `rotation`
-    /// comes from [`Router::rotation`]. Keep `accounts` sorted by [`routing_order`] (once per
-    /// snapshot) and the cost is linear in their number.
+    /// comes from [`Router::rotation`]: under `balanced` the strategy order starts at that
+    /// position (modulo the accounts that pass the time-independent rules) and wraps around.
+    ///
+    /// When more than [`Tuning::plan_head`] accounts are ready, the plan stops there (see
+    /// [`Plan::truncated`]): its candidates are the first ones of the full plan, and the
+    /// accounts it never looked at are neither candidates nor skips.
     pub fn plan<H: HealthSource + ?Sized>(
         &self,
         accounts: &[RouteAccount],
@@ -311,35 +324,16 @@ impl Router {
         rotation: u64,
         rng: &mut impl Rng,
     ) -> Plan {
-        let mut skipped = Vec::new();
-        let mut order: Vec<Entry> = Vec::with_capacity(accounts.len());
-        scan(
-            accounts,
-            req,
-            &self.policy.quota_guard,
-            now_ms,
-            &mut skipped,
-            |index, low| {
-                let hash = match (req.anchor, accounts.get(index)) {
-                    (Some(_), Some(a)) => account_hash(&a.id),
-                    _ => 0,
-                };
-                self.push_entry(&mut order, accounts, health, now_ms, index, low, true, hash);
-            },
-        );
-        order.sort_unstable_by(|x, y| {
-            (x.priority, x.id_prefix)
-                .cmp(&(y.priority, y.id_prefix))
-                .then_with(|| accounts[x.index].id.cmp(&accounts[y.index].id))
-                .then(x.index.cmp(&y.index))
-        });
-        self.order_candidates(accounts, req, health, now_ms, rotation, rng, order, skipped)
+        let pre = Prefilter::in_routing_order(accounts, req);
+        self.plan_prefiltered(accounts, &pre, req, health, now_ms, rotation, rng)
     }
 
     /// [`Router::plan`] with the time-independent rules already applied: `pre` must come
-    /// from [`Prefilter::new`] over the same `accounts` and a request with the same model,
-    /// allowed groups and providers as `req`. The plan is the one [`Router::plan`] makes,
-    /// at a cost linear in the accounts that passed the prefilter (plus its skips).
+    /// from [`Prefilter::new`] (accounts kept in [`routing_order`]) or
+    /// [`Prefilter::in_routing_order`] over the same `accounts`, for a request with the same
+    /// model, allowed groups and providers as `req`. Its cost grows with the accounts looked
+    /// at: until [`Tuning::plan_head`] ready ones are found, plus one pass over the
+    /// precomputed id hashes when the request has an anchor.
     #[allow(clippy::too_many_arguments)]
     pub fn plan_prefiltered<H: HealthSource + ?Sized>(
         &self,
@@ -351,103 +345,165 @@ impl Router {
         rotation: u64,
         rng: &mut impl Rng,
     ) -> Plan {
-        let mut skipped = Vec::new();
-        let mut order: Vec<Entry> = Vec::with_capacity(pre.passed().len());
-        let (passed, hashes) = (pre.passed(), pre.hashes());
-        let mut cursor = 0;
-        scan_prefiltered(
+        let window = self.policy.p2c_window.max(1) as usize;
+        let head = self.tuning.plan_head.max(window + 1);
+        if let Some(plan) =
+            self.plan_with_head(accounts, pre, req, health, now_ms, rotation, rng, head)
+        {
+            return plan;
+        }
+        // A truncated plan could not settle the affinity pick cheaply: look at everything.
+        self.plan_with_head(
             accounts,
             pre,
-            &self.policy.quota_guard,
+            req,
+            health,
             now_ms,
-            &mut skipped,
-            |index, low| {
-                // The scan visits a subsequence of `passed` in order: a cursor finds each
-                // account's hash there without a search.
-                while passed.get(cursor).is_some_and(|p| *p < index) {
-                    cursor += 1;
-                }
-                let hash = hashes.get(cursor).copied().unwrap_or(0);
-                self.push_entry(
-                    &mut order, accounts, health, now_ms, index, low, false, hash,
-                );
-            },
-        );
-        // `accounts` is in routing order and the scan visits it by ascending index, so the
-        // entries already stand in strategy order: no sort, and no id read per account.
-        let mut plan =
-            self.order_candidates(accounts, req, health, now_ms, rotation, rng, order, skipped);
-        plan.fixed = pre.shared_skips();
-        plan.fixed_summary = pre.summary();
-        plan
+            rotation,
+            rng,
+            usize::MAX,
+        )
+        .unwrap_or_default()
     }
 
+    /// The plan, looking at accounts in strategy order until `head` ready ones are found;
+    /// `None` when it stopped early and could not settle the affinity pick.
     #[allow(clippy::too_many_arguments)]
-    fn push_entry<H: HealthSource + ?Sized>(
-        &self,
-        order: &mut Vec<Entry>,
-        accounts: &[RouteAccount],
-        health: &H,
-        now_ms: UnixMillis,
-        index: usize,
-        low: bool,
-        sort_key: bool,
-        hash: u64,
-    ) {
-        let Some(a) = accounts.get(index) else { return };
-        let load = health.load(index, a);
-        let cap = self.max_inflight(a);
-        let ready = cooling_until(a, load, now_ms).is_none() && (cap == 0 || load.inflight < cap);
-        order.push(Entry {
-            priority: a.priority,
-            id_prefix: if sort_key { id_prefix(&a.id) } else { 0 },
-            index,
-            hash,
-            low,
-            ready,
-        });
-    }
-
-    /// Everything after eligibility: strategy order, affinity, P2C.
-    #[allow(clippy::too_many_arguments)]
-    fn order_candidates<H: HealthSource + ?Sized>(
+    fn plan_with_head<H: HealthSource + ?Sized>(
         &self,
         accounts: &[RouteAccount],
+        pre: &Prefilter,
         req: &RouteRequest<'_>,
         health: &H,
         now_ms: UnixMillis,
         rotation: u64,
         rng: &mut impl Rng,
-        mut order: Vec<Entry>,
-        skipped: Vec<Skipped>,
+        head: usize,
+    ) -> Option<Plan> {
+        let (passed, hashes) = (pre.passed(), pre.hashes());
+        let n = passed.len();
+        let start = match self.policy.strategy {
+            Strategy::Balanced if n > 0 => (rotation % n as u64) as usize,
+            _ => 0,
+        };
+        let guard = &self.policy.quota_guard;
+        let mut skipped = Vec::new();
+        let mut below_guard: Vec<(usize, usize, SkipReason)> = Vec::new();
+        let mut order: Vec<Entry> = Vec::with_capacity(n.min(head.saturating_mul(2)));
+        let mut ready = 0usize;
+        let mut truncated = false;
+        for k in 0..n {
+            let pos = if start + k < n {
+                start + k
+            } else {
+                start + k - n
+            };
+            let (Some(&index), Some(&hash)) = (passed.get(pos), hashes.get(pos)) else {
+                continue;
+            };
+            let Some(a) = accounts.get(index) else {
+                continue;
+            };
+            match judge_quota(a, guard, now_ms) {
+                Verdict::Skip(reason) => skipped.push(Skipped { index, reason }),
+                Verdict::Pass {
+                    guard: Some(reason),
+                } => below_guard.push((index, pos, reason)),
+                Verdict::Pass { guard: None } => {
+                    let e = Entry {
+                        index,
+                        pos,
+                        hash,
+                        low: false,
+                        ready: self.is_ready(a, health.load(index, a), now_ms),
+                    };
+                    ready += usize::from(e.ready);
+                    order.push(e);
+                    if ready >= head && k + 1 < n {
+                        truncated = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if order.is_empty() {
+            // Every eligible account is below the quota guard: keep them all, flagged.
+            for (index, pos, _) in below_guard {
+                let (Some(a), Some(&hash)) = (accounts.get(index), hashes.get(pos)) else {
+                    continue;
+                };
+                order.push(Entry {
+                    index,
+                    pos,
+                    hash,
+                    low: true,
+                    ready: self.is_ready(a, health.load(index, a), now_ms),
+                });
+            }
+        } else {
+            skipped.extend(
+                below_guard
+                    .into_iter()
+                    .map(|(index, _, reason)| Skipped { index, reason }),
+            );
+        }
+        skipped.sort_unstable_by_key(|s| s.index);
+        let order = if truncated {
+            // Everything not ready stands behind every ready account in the full plan, so
+            // beyond the first `head` ready ones it is not in this one.
+            let mut order = order;
+            order.retain(|e| e.class() == 0);
+            order
+        } else {
+            stable_by_class(order)
+        };
+        let affinity = match req.anchor {
+            None => None,
+            Some(anchor) if truncated => {
+                Some(self.affinity_sweep(accounts, pre, health, now_ms, anchor, &order)?)
+            }
+            Some(anchor) => self.affinity_pick(accounts, &order, anchor),
+        };
+        let mut plan = self.order_candidates(accounts, health, now_ms, rng, &order, affinity);
+        plan.skipped = skipped;
+        plan.fixed = pre.shared_skips();
+        plan.fixed_summary = pre.summary();
+        plan.truncated = truncated;
+        Some(plan)
+    }
+
+    /// Not cooling down (locally or per the control plane) and under its in-flight cap.
+    fn is_ready(&self, a: &RouteAccount, load: Load, now_ms: UnixMillis) -> bool {
+        let cap = self.max_inflight(a);
+        cooling_until(a, load, now_ms).is_none() && (cap == 0 || load.inflight < cap)
+    }
+
+    /// Everything after eligibility and affinity: the P2C winner, then the strategy order.
+    fn order_candidates<H: HealthSource + ?Sized>(
+        &self,
+        accounts: &[RouteAccount],
+        health: &H,
+        now_ms: UnixMillis,
+        rng: &mut impl Rng,
+        order: &[Entry],
+        affinity: Option<AffinityPick>,
     ) -> Plan {
         let account = |e: &Entry| &accounts[e.index];
-
-        // `order` is in strategy order, (priority, id); then the balanced rotation.
-        if self.policy.strategy == Strategy::Balanced && !order.is_empty() {
-            let start = (rotation % order.len() as u64) as usize;
-            order.rotate_left(start);
-        }
-        let order = stable_by_class(order);
-
-        let mut candidates = Vec::with_capacity(order.len());
-        let affinity = req
-            .anchor
-            .and_then(|anchor| self.affinity_pick(accounts, &order, anchor));
-        if let Some(pos) = affinity {
-            let e = order[pos];
+        let mut candidates = Vec::with_capacity(order.len() + 1);
+        let in_order = affinity.and_then(|a| a.in_order);
+        if let Some(a) = affinity {
             candidates.push(Candidate {
-                index: e.index,
+                index: a.index,
                 pick: Pick::Affinity,
-                low_quota: e.low,
+                low_quota: a.low,
             });
         }
         // Positions in `order` of what is left after the affinity pick, without moving it.
-        let rest = |i: usize| match affinity {
+        let rest = |i: usize| match in_order {
             Some(p) if i >= p => i + 1,
             _ => i,
         };
-        let rest_len = order.len() - usize::from(affinity.is_some());
+        let rest_len = order.len() - usize::from(in_order.is_some());
 
         let window = (self.policy.p2c_window.max(1) as usize).min(rest_len);
         let mut p2c = None;
@@ -481,7 +537,7 @@ impl Router {
             order
                 .iter()
                 .enumerate()
-                .filter(|(pos, _)| Some(*pos) != affinity && Some(*pos) != p2c)
+                .filter(|(pos, _)| Some(*pos) != in_order && Some(*pos) != p2c)
                 .map(|(_, e)| Candidate {
                     index: e.index,
                     pick: Pick::Order,
@@ -490,7 +546,6 @@ impl Router {
         );
         Plan {
             candidates,
-            skipped,
             ..Plan::default()
         }
     }
@@ -503,7 +558,7 @@ impl Router {
         accounts: &[RouteAccount],
         order: &[Entry],
         anchor: &str,
-    ) -> Option<usize> {
+    ) -> Option<AffinityPick> {
         let first = order.first()?;
         let class = first.class();
         let priority = accounts[first.index].priority;
@@ -529,7 +584,85 @@ impl Router {
                 best = Some((pos, w, a.id.as_str()));
             }
         }
-        best.map(|(pos, _, _)| pos)
+        best.map(|(pos, _, _)| AffinityPick {
+            index: order[pos].index,
+            low: order[pos].low,
+            in_order: Some(pos),
+        })
+    }
+
+    /// [`Router::affinity_pick`] for a truncated plan, whose order holds only the first ready
+    /// accounts: the rendezvous weights of every account in the tier come from the
+    /// prefilter's id hashes in one pass, and only the best few are judged. `None` when none
+    /// of those is eligible and ready (the caller then makes the full plan).
+    fn affinity_sweep<H: HealthSource + ?Sized>(
+        &self,
+        accounts: &[RouteAccount],
+        pre: &Prefilter,
+        health: &H,
+        now_ms: UnixMillis,
+        anchor: &str,
+        order: &[Entry],
+    ) -> Option<AffinityPick> {
+        let (passed, hashes, priorities) = (pre.passed(), pre.hashes(), pre.priorities());
+        let first = order.first()?;
+        // The tier: every position with the first ready account's priority (contiguous in
+        // routing order); under `balanced`, every position.
+        let (lo, hi) = if self.policy.strategy == Strategy::Ordered {
+            let p = priorities.get(first.pos).copied()?;
+            let mut lo = first.pos;
+            while lo > 0 && priorities.get(lo - 1) == Some(&p) {
+                lo -= 1;
+            }
+            let mut hi = first.pos + 1;
+            while priorities.get(hi) == Some(&p) {
+                hi += 1;
+            }
+            (lo, hi)
+        } else {
+            (0, passed.len())
+        };
+        let h = anchor_hash(anchor);
+        let id = |pos: usize| {
+            passed
+                .get(pos)
+                .and_then(|i| accounts.get(*i))
+                .map(|a| a.id.as_str())
+        };
+        // Best first; equal weights go to the smaller id, as in the full plan.
+        let better = |(w1, p1): (u64, usize), (w2, p2): (u64, usize)| {
+            w1 > w2 || (w1 == w2 && id(p1) < id(p2))
+        };
+        let mut top: Vec<(u64, usize)> = Vec::with_capacity(AFFINITY_RESERVE + 1);
+        for (pos, hash) in hashes.iter().enumerate().take(hi).skip(lo) {
+            let c = (weight(h, *hash), pos);
+            if top.len() == AFFINITY_RESERVE && !better(c, top[AFFINITY_RESERVE - 1]) {
+                continue;
+            }
+            let at = top.iter().position(|t| better(c, *t)).unwrap_or(top.len());
+            top.insert(at, c);
+            top.truncate(AFFINITY_RESERVE);
+        }
+        let guard = &self.policy.quota_guard;
+        for (_, pos) in top {
+            let Some(&index) = passed.get(pos) else {
+                continue;
+            };
+            let Some(a) = accounts.get(index) else {
+                continue;
+            };
+            if !matches!(judge_quota(a, guard, now_ms), Verdict::Pass { guard: None }) {
+                continue;
+            }
+            if self.is_ready(a, health.load(index, a), now_ms) {
+                return Some(AffinityPick {
+                    index,
+                    low: false,
+                    in_order: order.iter().position(|e| e.pos == pos),
+                });
+            }
+        }
+        None
     }
 
     /// Whether the attempt loop should pass over `account` now: it is cooling down (locally
@@ -577,7 +710,7 @@ mod tests {
     use poolgate_core::{Provider, UsageSnapshot, UsageWindow};
 
     use super::*;
-    use crate::affinity::rendezvous_pick;
+    use crate::affinity::{account_hash, rendezvous_pick};
     use crate::rng::SplitMix64;
     use crate::{ProviderSet, SkipReason};
 
@@ -774,6 +907,163 @@ mod tests {
             &mut SplitMix64::new(0),
         );
         assert_eq!(ids(&accounts, &plan), ["acc0", "acc1", "acc2", "acc3"]);
+    }
+
+    fn full_router(strategy: Strategy, p2c_window: u32) -> Router {
+        Router::with_tuning(
+            router(strategy, p2c_window).policy().clone(),
+            Tuning {
+                plan_head: usize::MAX,
+                ..Tuning::default()
+            },
+        )
+    }
+
+    #[test]
+    fn large_pools_are_planned_as_far_as_the_head() {
+        let accounts: Vec<RouteAccount> =
+            (0..1000).map(|i| acc(&format!("acc{i:04}"), 0)).collect();
+        for strategy in [Strategy::Ordered, Strategy::Balanced] {
+            let (short, full) = (router(strategy, 3), full_router(strategy, 3));
+            for rotation in [0, 7, 999, 1000, 123_456] {
+                let req = RouteRequest::new("m", "k");
+                let a = short.plan(
+                    &accounts,
+                    &req,
+                    &fresh,
+                    NOW,
+                    rotation,
+                    &mut SplitMix64::new(1),
+                );
+                let b = full.plan(
+                    &accounts,
+                    &req,
+                    &fresh,
+                    NOW,
+                    rotation,
+                    &mut SplitMix64::new(1),
+                );
+                assert!(a.truncated() && !b.truncated());
+                assert_eq!(a.candidates.len(), 16);
+                assert_eq!(b.candidates.len(), 1000);
+                assert_eq!(a.candidates[..], b.candidates[..16]);
+                // Under balanced the order starts at the rotation and wraps around.
+                let start = match strategy {
+                    Strategy::Balanced => (rotation % 1000) as usize,
+                    Strategy::Ordered => 0,
+                };
+                let order: Vec<usize> = b.candidates.iter().skip(1).map(|c| c.index).collect();
+                assert!(
+                    order
+                        .windows(2)
+                        .all(|w| w[1] == (w[0] + 1) % 1000 || w[1] == (w[0] + 2) % 1000)
+                );
+                assert!(b.candidates.iter().take(4).any(|c| c.index == start));
+            }
+        }
+        // Fewer ready accounts than the head: everything is looked at.
+        let mut some_cooling = accounts[..20].to_vec();
+        for a in &mut some_cooling[..10] {
+            a.cooldown_until_ms = Some(NOW + 60_000);
+        }
+        let plan = router(Strategy::Ordered, 3).plan(
+            &some_cooling,
+            &RouteRequest::new("m", "k"),
+            &fresh,
+            NOW,
+            0,
+            &mut SplitMix64::new(1),
+        );
+        assert!(!plan.truncated());
+        assert_eq!(plan.candidates.len(), 20);
+        assert_eq!(
+            plan.candidates[10].index, 0,
+            "cooling accounts follow the ready ones"
+        );
+    }
+
+    #[test]
+    fn truncated_plans_keep_the_rendezvous_pick_of_the_whole_pool() {
+        let mut accounts: Vec<RouteAccount> = (0..500)
+            .map(|i| acc(&format!("acc{i:04}"), i / 250))
+            .collect();
+        let mut cooling = 0;
+        for strategy in [Strategy::Ordered, Strategy::Balanced] {
+            for n in 0..200 {
+                let anchor = format!("conversation-{n}");
+                let req = RouteRequest {
+                    anchor: Some(&anchor),
+                    ..RouteRequest::new("m", "k")
+                };
+                let short = router(strategy, 3);
+                let a = short.plan(&accounts, &req, &fresh, NOW, n, &mut SplitMix64::new(n));
+                let b = full_router(strategy, 3).plan(
+                    &accounts,
+                    &req,
+                    &fresh,
+                    NOW,
+                    n,
+                    &mut SplitMix64::new(n),
+                );
+                assert_eq!(a.candidates[0].pick, Pick::Affinity);
+                assert_eq!(a.candidates[..], b.candidates[..a.candidates.len()]);
+                let pick = &accounts[a.candidates[0].index];
+                if strategy == Strategy::Ordered {
+                    assert_eq!(pick.priority, 0, "never the backup tier");
+                }
+                // The winner cools down: the conversation moves to the runner-up, the same
+                // one the full plan picks.
+                if n % 20 == 0 {
+                    let i = a.candidates[0].index;
+                    accounts[i].cooldown_until_ms = Some(NOW + 60_000);
+                    cooling += 1;
+                    let c = short.plan(&accounts, &req, &fresh, NOW, n, &mut SplitMix64::new(n));
+                    let d = full_router(strategy, 3).plan(
+                        &accounts,
+                        &req,
+                        &fresh,
+                        NOW,
+                        n,
+                        &mut SplitMix64::new(n),
+                    );
+                    assert_ne!(c.candidates[0].index, i);
+                    assert_eq!(c.candidates[..], d.candidates[..c.candidates.len()]);
+                }
+            }
+        }
+        assert!(cooling > 0);
+        // The best few of an anchor all cooling: the full plan decides, and agrees.
+        let anchor = "all-best-cooling";
+        let req = RouteRequest {
+            anchor: Some(anchor),
+            ..RouteRequest::new("m", "k")
+        };
+        let h = anchor_hash(anchor);
+        let mut by_weight: Vec<usize> = (0..accounts.len()).collect();
+        by_weight.sort_by_key(|i| std::cmp::Reverse(weight(h, account_hash(&accounts[*i].id))));
+        for a in &mut accounts {
+            a.cooldown_until_ms = None;
+        }
+        let best: Vec<usize> = by_weight
+            .into_iter()
+            .filter(|i| accounts[*i].priority == 0)
+            .take(AFFINITY_RESERVE + 2)
+            .collect();
+        for i in best {
+            accounts[i].cooldown_until_ms = Some(NOW + 60_000);
+        }
+        let r = router(Strategy::Ordered, 3);
+        let a = r.plan(&accounts, &req, &fresh, NOW, 0, &mut SplitMix64::new(3));
+        let b = full_router(Strategy::Ordered, 3).plan(
+            &accounts,
+            &req,
+            &fresh,
+            NOW,
+            0,
+            &mut SplitMix64::new(3),
+        );
+        assert!(!a.truncated(), "fell back to the full plan");
+        assert_eq!(a, b);
     }
 
     #[test]

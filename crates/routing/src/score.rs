@@ -28,6 +28,10 @@ pub struct Tuning {
     /// Score multiplier of an account whose tightest quota window is full; an untouched one
     /// gets 1. In between it grows with the square of the used share.
     pub max_headroom_factor: f64,
+    /// A plan stops looking once it has this many ready accounts (at least the P2C window
+    /// and one more): a request fails over at most this far, and routing over 10,000
+    /// accounts costs what routing over a few dozen does.
+    pub plan_head: usize,
 }
 
 impl Default for Tuning {
@@ -41,6 +45,7 @@ impl Default for Tuning {
             max_penalty: 100.0,
             min_penalty_tau_ms: 30_000.0,
             max_headroom_factor: 4.0,
+            plan_head: 16,
         }
     }
 }

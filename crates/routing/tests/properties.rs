@@ -11,7 +11,7 @@ use poolgate_core::{
 };
 use poolgate_routing::{
     AccountHealth, OFFENSE_MEMORY_MS, Outcome, Pick, ProviderSet, RouteAccount, RouteRequest,
-    Router, SplitMix64, power_of_two, rendezvous_pick,
+    Router, SplitMix64, Tuning, power_of_two, rendezvous_pick,
 };
 use proptest::prelude::*;
 use proptest::sample::subsequence;
@@ -156,10 +156,13 @@ proptest! {
             prop_assert_eq!(first.pick, Pick::PowerOfTwo);
         }
         prop_assert!(head.contains(&first.index));
-        // The rest keeps strategy order.
+        // The rest keeps strategy order (as far as a truncated plan goes).
         let rest: Vec<usize> = plan.candidates[1..].iter().map(|c| c.index).collect();
         let expected: Vec<usize> = order.iter().copied().filter(|i| *i != first.index).collect();
-        prop_assert_eq!(rest, expected);
+        if !plan.truncated() {
+            prop_assert_eq!(rest.len(), expected.len());
+        }
+        prop_assert_eq!(&rest[..], &expected[..rest.len()]);
     }
 
     /// Consecutive 429s (within the memory window, no success between) never shorten the
@@ -367,7 +370,18 @@ proptest! {
         for s in &plan.skipped() {
             prop_assert!(seen.insert(s.index), "index {} twice", s.index);
         }
-        prop_assert_eq!(seen.len(), accounts.len());
+        if plan.truncated() {
+            // It stopped once it had enough ready accounts: all of them are candidates.
+            let ready = plan
+                .candidates
+                .iter()
+                .filter(|c| router.should_skip(&accounts[c.index], &healths[c.index], now, false).is_none())
+                .count();
+            prop_assert!(ready >= router.tuning().plan_head);
+            prop_assert!(seen.len() < accounts.len());
+        } else {
+            prop_assert_eq!(seen.len(), accounts.len());
+        }
         prop_assert!(plan.candidates.iter().filter(|c| c.pick == Pick::Affinity).count() <= 1);
         prop_assert!(plan.candidates.iter().filter(|c| c.pick == Pick::PowerOfTwo).count() <= 1);
         if anchor.is_none() {
@@ -391,6 +405,57 @@ proptest! {
                 prop_assert_eq!(matches!(e, poolgate_routing::NoRoute::QuotaExhausted { .. }), quota.is_some());
                 prop_assert!(!e.to_string().is_empty());
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A plan that stops after `plan_head` ready accounts lists the first candidates of the
+    /// full plan, in the same order and with the same picks: stopping early changes how far
+    /// a request may fail over, never where it goes first.
+    #[test]
+    fn truncated_plans_are_prefixes_of_full_plans(
+        accounts in prop::collection::vec(arbitrary_account(), 0..60),
+        policy in arbitrary_policy(),
+        history in prop::collection::vec((any::<prop::sample::Index>(), outcome(), 0i64..2_000_000, 0u8..3), 0..60),
+        rotation in any::<u64>(),
+        anchor in prop::option::of(".{0,16}"),
+        head in 1usize..12,
+        seed in any::<u64>(),
+    ) {
+        let now = NOW;
+        let full = Router::with_tuning(policy.clone(), Tuning { plan_head: usize::MAX, ..Tuning::default() });
+        let short = Router::with_tuning(policy, Tuning { plan_head: head, ..Tuning::default() });
+        let mut healths = vec![AccountHealth::default(); accounts.len()];
+        if !accounts.is_empty() {
+            for (which, o, ago, inflight) in &history {
+                let h = &mut healths[which.index(accounts.len())];
+                full.record(h, *o, now - ago);
+                match inflight {
+                    0 => h.release(),
+                    1 => h.acquire(),
+                    _ => {}
+                }
+            }
+        }
+        let groups: Vec<String> = Vec::new();
+        let req = RouteRequest {
+            model: "gpt-5",
+            translated: None,
+            allowed_groups: &groups,
+            providers: ProviderSet::all(),
+            anchor: anchor.as_deref(),
+            key_id: "key",
+        };
+        let a = full.plan(&accounts, &req, healths.as_slice(), now, rotation, &mut SplitMix64::new(seed));
+        let b = short.plan(&accounts, &req, healths.as_slice(), now, rotation, &mut SplitMix64::new(seed));
+        prop_assert!(!a.truncated());
+        prop_assert!(b.candidates.len() <= a.candidates.len());
+        prop_assert_eq!(&b.candidates[..], &a.candidates[..b.candidates.len()]);
+        if !b.truncated() {
+            prop_assert_eq!(&a, &b);
         }
     }
 }
