@@ -11,7 +11,8 @@
 # Usage: scripts/bench-gateway.sh     (4-5 minutes once the release build is cached; a cold
 #        release build of the workspace adds several minutes)
 # Knobs (environment): BENCH_RATE (1000), BENCH_LATENCY_SECS (15), BENCH_STREAMS (1000),
-#   BENCH_ACCOUNTS (10000), BENCH_KEYS (100000), BENCH_CONNECTIONS (32), BENCH_JSON (a path
+#   BENCH_ACCOUNTS (10000), BENCH_KEYS (100000), BENCH_CONNECTIONS (32),
+#   BENCH_THROUGHPUT_ROUNDS (4 interleaved rounds of 4 s per target), BENCH_JSON (a path
 #   for the figures as JSON), BENCH_KEEP=1 keeps the temp dir (logs, configs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,7 @@ STREAMS="${BENCH_STREAMS:-1000}"
 ACCOUNTS="${BENCH_ACCOUNTS:-10000}"
 KEYS="${BENCH_KEYS:-100000}"
 CONNECTIONS="${BENCH_CONNECTIONS:-32}"
+THROUGHPUT_ROUNDS="${BENCH_THROUGHPUT_ROUNDS:-4}"
 
 # --- nginx (Debian package) ------------------------------------------------------------------
 NGINX="$(command -v nginx || true)"
@@ -223,6 +225,7 @@ SUITE_ARGS=(
   --openai-key-file "$TMP/openai.key" --codex-auth-file "$TMP/codex-auth.json"
   --platform-key-file "$TMP/key-openai" --codex-platform-key-file "$TMP/key-codex"
   --rate "$RATE" --latency-secs "$LATENCY_SECS" --streams "$STREAMS" --connections "$CONNECTIONS"
+  --throughput-rounds "$THROUGHPUT_ROUNDS"
   --bulk-accounts "$ACCOUNTS" --bulk-keys "$KEYS"
   --dedicated-gateway "$GATEWAY2" --dedicated-gateway-pid "$GW2_PID"
   --own-pid "$MOCK_PID" --own-pid "$NGINX_PID"

@@ -34,7 +34,12 @@ pub(crate) fn random_u64() -> u64 {
 /// 32 lowercase hex characters: 48 bits of Unix milliseconds, then 80 bits that are unique
 /// within the process (a mixed counter) and random across processes.
 pub fn request_id() -> String {
-    let ms = u64::try_from(now_ms()).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
+    request_id_at(now_ms())
+}
+
+/// [`request_id`] for a request that arrived at `now_ms` (the caller read the clock already).
+pub(crate) fn request_id_at(now_ms: i64) -> String {
+    let ms = u64::try_from(now_ms).unwrap_or(0) & 0xFFFF_FFFF_FFFF;
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let r = mix(seed() ^ n);
     // Written into one exact-size buffer: one allocation per request, not a growing one.

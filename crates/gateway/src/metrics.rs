@@ -1,6 +1,8 @@
 //! Prometheus metrics of the gateway, served on the admin port at `/metrics`.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::thread::LocalKey;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -56,7 +58,49 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 16))
 }
 
+/// Handles of the series every request touches, kept per thread: found by comparing a few
+/// label values in a short list no other thread reads, rather than by hashing the labels
+/// (SipHash) under the family's lock, which every serving thread takes. Bounded: a thread
+/// that has seen more label sets than this starts over.
+const HOT_CACHE: usize = 256;
+
+type Hot<L, M> = RefCell<Vec<(u64, L, M)>>;
+
+thread_local! {
+    static HOT_REQUESTS: Hot<RequestLabels, Counter> = const { RefCell::new(Vec::new()) };
+    static HOT_ATTEMPTS: Hot<AttemptLabels, Counter> = const { RefCell::new(Vec::new()) };
+    static HOT_LATENCY: Hot<ProviderLabels, Histogram> = const { RefCell::new(Vec::new()) };
+}
+
+/// Gives each `Metrics` its own entries in the per-thread caches.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Runs `f` on the series of `labels` in metrics `id`, from this thread's cache, or from
+/// `make` (the family's lookup) the first time.
+fn with_hot<L: PartialEq + Clone + 'static, M: Clone + 'static>(
+    cache: &'static LocalKey<Hot<L, M>>,
+    id: u64,
+    labels: &L,
+    make: impl FnOnce() -> M,
+    f: impl FnOnce(&M),
+) {
+    cache.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some((_, _, m)) = c.iter().find(|(i, l, _)| *i == id && l == labels) {
+            f(m);
+            return;
+        }
+        if c.len() >= HOT_CACHE {
+            c.clear();
+        }
+        let m = make();
+        f(&m);
+        c.push((id, labels.clone(), m));
+    });
+}
+
 pub struct Metrics {
+    id: u64,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     requests_active: Gauge,
@@ -185,6 +229,7 @@ impl Metrics {
             report_batches.clone(),
         );
         Metrics {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry: r,
             requests,
             requests_active,
@@ -212,14 +257,21 @@ impl Metrics {
         protocol: &'static str,
         translation: &'static str,
     ) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route,
-                status,
-                protocol,
-                translation,
-            })
-            .inc();
+        let labels = RequestLabels {
+            route,
+            status,
+            protocol,
+            translation,
+        };
+        with_hot(
+            &HOT_REQUESTS,
+            self.id,
+            &labels,
+            || self.requests.get_or_create(&labels).clone(),
+            |c| {
+                c.inc();
+            },
+        );
     }
 
     pub(crate) fn active(&self) -> &Gauge {
@@ -227,9 +279,16 @@ impl Metrics {
     }
 
     pub(crate) fn attempt(&self, provider: &'static str, outcome: &'static str) {
-        self.attempts
-            .get_or_create(&AttemptLabels { provider, outcome })
-            .inc();
+        let labels = AttemptLabels { provider, outcome };
+        with_hot(
+            &HOT_ATTEMPTS,
+            self.id,
+            &labels,
+            || self.attempts.get_or_create(&labels).clone(),
+            |c| {
+                c.inc();
+            },
+        );
     }
 
     pub(crate) fn failover(&self, reason: &'static str) {
@@ -276,9 +335,14 @@ impl Metrics {
     }
 
     pub(crate) fn upstream_latency(&self, provider: &'static str, secs: f64) {
-        self.upstream_latency
-            .get_or_create(&ProviderLabels { provider })
-            .observe(secs);
+        let labels = ProviderLabels { provider };
+        with_hot(
+            &HOT_LATENCY,
+            self.id,
+            &labels,
+            || self.upstream_latency.get_or_create(&labels).clone(),
+            |h| h.observe(secs),
+        );
     }
 
     pub(crate) fn snapshot_applied(&self, version: i64) {

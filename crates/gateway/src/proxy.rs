@@ -39,7 +39,7 @@ use crate::body::{Peek, read_body};
 use crate::clock::now_ms;
 use crate::config::GatewayConfig;
 use crate::finish::{Finish, new_log};
-use crate::ids::{random_u64, request_id, uuid_v4};
+use crate::ids::{random_u64, request_id, request_id_at, uuid_v4};
 use crate::metrics::Metrics;
 use crate::models::models_body;
 use crate::relay::{
@@ -206,8 +206,9 @@ pub(crate) async fn handle(
 }
 
 async fn api(gw: Arc<Gw>, req: Request<Incoming>, route: Route) -> Response<Body> {
-    let id = request_id();
+    // One clock read serves the id, the log's timestamp, the key's expiry and the plan.
     let ts = now_ms();
+    let id = request_id_at(ts);
     let span = telemetry::request_span(req.method().as_str(), route.label(), &id);
     telemetry::set_parent(&span, req.headers());
     let log = new_log(
@@ -280,7 +281,7 @@ async fn api_inner(
         );
     };
     let (parts, body) = req.into_parts();
-    let key = match authenticate(&view, &parts.headers, now_ms()) {
+    let key = match authenticate(&view, &parts.headers, fin.log.ts_ms) {
         Ok(k) => k,
         Err(e) => {
             return fail(
@@ -1019,7 +1020,7 @@ impl Call {
             anchor: anchor.as_deref(),
             key_id: &self.key.id,
         };
-        let now = now_ms();
+        let now = fin.log.ts_ms;
         let rotation = self.gw.shared.rotation(&view.router, &req);
         let mut rng = SplitMix64::new(random_u64());
         let plan = view.plan(&req, &Cells(&view.cells), now, rotation, &mut rng);
@@ -1063,7 +1064,9 @@ impl Call {
                 continue;
             };
             let is_last = pos + 1 == n;
-            let guard = match cell.try_acquire(&view.router, acc, now_ms(), is_last) {
+            // The plan's clock for the first candidate; after a failed attempt, time moved.
+            let at = if tried == 0 { now } else { now_ms() };
+            let guard = match cell.try_acquire(&view.router, acc, at, is_last) {
                 Ok(g) => g,
                 Err(skip) => {
                     self.gw.metrics.skip(skip.as_str());
@@ -1100,6 +1103,31 @@ impl Call {
         let failure = Failure::Upstream(f.outcome);
         self.note_failure(state, cell, failure, status, elapsed, &mut fin, &f.detail());
         Step::Next(failure, Box::new(fin))
+    }
+
+    /// An attempt that broke (no answer, or an answer cut short) before anything reached the
+    /// client: noted as a network failure, then the next candidate.
+    #[allow(clippy::too_many_arguments)]
+    fn network_failure(
+        &self,
+        state: &AccountState,
+        cell: &HealthCell,
+        status: u16,
+        elapsed: Duration,
+        e: &UpstreamError,
+        mut fin: Finish,
+    ) -> Step {
+        let detail = e.to_string();
+        self.note_failure(
+            state,
+            cell,
+            Failure::Network,
+            status,
+            elapsed,
+            &mut fin,
+            &detail,
+        );
+        Step::Next(Failure::Network, Box::new(fin))
     }
 
     /// Notes a failed attempt: health, cooldown, observation for the control plane, log.
@@ -1230,10 +1258,9 @@ impl Call {
         status: u16,
         resp: poolgate_upstream::UpstreamResponse,
         len: usize,
-        latency: Duration,
+        (started, latency): (Instant, Duration),
         mut fin: Finish,
     ) -> Step {
-        let started = Instant::now();
         match read_whole(resp.body, len, self.gw.cfg.stream_idle_timeout).await {
             Ok((body, usage)) => {
                 drop(guard);
@@ -1246,18 +1273,7 @@ impl Call {
             }
             Err(e) => {
                 drop(guard);
-                let detail = e.to_string();
-                let elapsed = latency + started.elapsed();
-                self.note_failure(
-                    state,
-                    cell,
-                    Failure::Network,
-                    status,
-                    elapsed,
-                    &mut fin,
-                    &detail,
-                );
-                Step::Next(Failure::Network, Box::new(fin))
+                self.network_failure(state, cell, status, started.elapsed(), &e, fin)
             }
         }
     }
@@ -1332,11 +1348,7 @@ impl Call {
         let latency = started.elapsed();
         let resp = match sent {
             Ok(r) => r,
-            Err(e) => {
-                let detail = e.to_string();
-                self.note_failure(state, cell, Failure::Network, 0, latency, &mut fin, &detail);
-                return Step::Next(Failure::Network, Box::new(fin));
-            }
+            Err(e) => return self.network_failure(state, cell, 0, latency, &e, fin),
         };
         self.gw
             .metrics
@@ -1370,7 +1382,16 @@ impl Call {
                     .filter(|n| *n <= self.gw.cfg.max_buffered_body_bytes)
                 {
                     return self
-                        .deliver_whole(state, cell, guard, status, resp, len, latency, fin)
+                        .deliver_whole(
+                            state,
+                            cell,
+                            guard,
+                            status,
+                            resp,
+                            len,
+                            (started, latency),
+                            fin,
+                        )
                         .await;
                 }
                 self.note_success(state, cell, status, latency, &mut fin);
@@ -1426,17 +1447,7 @@ impl Call {
                         self.fail_over(state, cell, &f, status, started.elapsed(), fin)
                     }
                     Preflight::Broken(e) => {
-                        let detail = e.to_string();
-                        self.note_failure(
-                            state,
-                            cell,
-                            Failure::Network,
-                            status,
-                            started.elapsed(),
-                            &mut fin,
-                            &detail,
-                        );
-                        Step::Next(Failure::Network, Box::new(fin))
+                        self.network_failure(state, cell, status, started.elapsed(), &e, fin)
                     }
                 }
             }
@@ -1484,17 +1495,7 @@ impl Call {
                         ))
                     }
                     Aggregated::Broken(e) => {
-                        let detail = e.to_string();
-                        self.note_failure(
-                            state,
-                            cell,
-                            Failure::Network,
-                            status,
-                            started.elapsed(),
-                            &mut fin,
-                            &detail,
-                        );
-                        Step::Next(Failure::Network, Box::new(fin))
+                        self.network_failure(state, cell, status, started.elapsed(), &e, fin)
                     }
                     Aggregated::TooLarge(limit) => {
                         self.note_success(state, cell, status, latency, &mut fin);

@@ -331,7 +331,7 @@ fn error_frame(dialect: Dialect, message: &str) -> Bytes {
 /// `usage` near the end of a JSON body, parsed on its own (the body is not parsed).
 fn usage_from_tail(tail: &[u8]) -> Option<TokenUsage> {
     let needle = b"\"usage\"";
-    let pos = tail.windows(needle.len()).rposition(|w| w == needle)?;
+    let pos = memchr::memmem::rfind(tail, needle)?;
     let rest = tail.get(pos + needle.len()..)?;
     let colon = rest.iter().position(|b| *b == b':')?;
     usage_from_usage_slice(rest.get(colon + 1..)?)

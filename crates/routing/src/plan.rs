@@ -995,16 +995,13 @@ mod tests {
                     anchor: Some(&anchor),
                     ..RouteRequest::new("m", "k")
                 };
-                let short = router(strategy, 3);
-                let a = short.plan(&accounts, &req, &fresh, NOW, n, &mut SplitMix64::new(n));
-                let b = full_router(strategy, 3).plan(
-                    &accounts,
-                    &req,
-                    &fresh,
-                    NOW,
-                    n,
-                    &mut SplitMix64::new(n),
-                );
+                // The same request planned with the default head and in full.
+                let both = |accounts: &[RouteAccount]| {
+                    let plan =
+                        |r: Router| r.plan(accounts, &req, &fresh, NOW, n, &mut SplitMix64::new(n));
+                    (plan(router(strategy, 3)), plan(full_router(strategy, 3)))
+                };
+                let (a, b) = both(&accounts);
                 assert_eq!(a.candidates[0].pick, Pick::Affinity);
                 assert_eq!(a.candidates[..], b.candidates[..a.candidates.len()]);
                 let pick = &accounts[a.candidates[0].index];
@@ -1017,15 +1014,7 @@ mod tests {
                     let i = a.candidates[0].index;
                     accounts[i].cooldown_until_ms = Some(NOW + 60_000);
                     cooling += 1;
-                    let c = short.plan(&accounts, &req, &fresh, NOW, n, &mut SplitMix64::new(n));
-                    let d = full_router(strategy, 3).plan(
-                        &accounts,
-                        &req,
-                        &fresh,
-                        NOW,
-                        n,
-                        &mut SplitMix64::new(n),
-                    );
+                    let (c, d) = both(&accounts);
                     assert_ne!(c.candidates[0].index, i);
                     assert_eq!(c.candidates[..], d.candidates[..c.candidates.len()]);
                 }

@@ -1967,6 +1967,41 @@ async fn sqlite_file_is_private_and_wal() {
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
     assert_eq!(mode, "wal");
+    let page: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(page, 16384, "a new database gets 16 KiB pages");
+    let every: i64 = conn
+        .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+        .unwrap();
+    // Per connection: ours is not this one, which has SQLite's default.
+    assert_eq!(every, 1000);
+}
+
+#[tokio::test]
+async fn sqlite_keeps_the_page_size_of_an_existing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("poolgate.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "page_size", 4096).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE older (x INTEGER)")
+            .unwrap();
+    }
+    let store =
+        poolgate_store::SqliteStore::open(&path, poolgate_store::Cipher::new(&KEY)).unwrap();
+    let a = store
+        .create_account(openai("a"), Some(api_key("k")), None, "t")
+        .await
+        .unwrap();
+    assert_eq!(store.get_account(&a.id).await.unwrap().id, a.id);
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let page: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(page, 4096);
 }
 
 #[tokio::test]

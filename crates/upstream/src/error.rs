@@ -50,16 +50,6 @@ impl UpstreamError {
         }
     }
 
-    pub(crate) fn from_hyper(e: hyper_util::client::legacy::Error) -> Self {
-        // hyper's errors never carry the URL.
-        let msg = chain(&e);
-        if e.is_connect() {
-            UpstreamError::Connect(msg)
-        } else {
-            UpstreamError::Request(msg)
-        }
-    }
-
     pub(crate) fn from_reqwest_body(e: reqwest::Error) -> Self {
         let e = e.without_url();
         if e.is_timeout() {

@@ -21,6 +21,7 @@
 mod codex;
 mod error;
 pub mod oauth;
+mod pool;
 pub mod refresh;
 pub mod usage;
 
@@ -175,19 +176,12 @@ pub async fn collect_body(mut body: BodyStream, limit: usize) -> Result<Bytes, U
     Ok(buf.freeze())
 }
 
-/// The pool for accounts without a proxy: hyper's client with rustls, no more. This is the
-/// hot path (every request of most deployments), and reqwest's layers on top of the same
-/// hyper client (URL parsing with IDNA, redirect bookkeeping, URL-to-URI conversion) cost a
-/// measurable share of the gateway's CPU per request.
-type DirectClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    http_body_util::Full<Bytes>,
->;
-
 /// The HTTP clients. Cheap to share (`Arc`); build one per process.
 pub struct UpstreamClient {
     cfg: UpstreamConfig,
-    direct: DirectClient,
+    /// Accounts without a proxy (the hot path): hyper's HTTP/1.1 connections over rustls,
+    /// pooled by [`pool::Pool`]. A gateway builds one client per serving thread.
+    direct: Arc<pool::Pool>,
     /// Accounts with a proxy go through reqwest, which speaks HTTP CONNECT and SOCKS.
     proxied: Mutex<HashMap<String, reqwest::Client>>,
     codex_user_agent: HeaderValue,
@@ -212,7 +206,11 @@ pub fn install_crypto_provider() {
 impl UpstreamClient {
     pub fn new(cfg: UpstreamConfig) -> Result<Arc<Self>, UpstreamError> {
         install_crypto_provider();
-        let direct = build_direct_client(&cfg)?;
+        let direct = pool::Pool::new(
+            build_connector(&cfg)?,
+            cfg.pool_idle_timeout,
+            cfg.pool_max_idle_per_host,
+        );
         let codex_user_agent = HeaderValue::from_str(&codex_user_agent(&cfg.codex_version))
             .map_err(|_| UpstreamError::Config("codex_version has invalid characters".into()))?;
         let own_user_agent =
@@ -317,11 +315,7 @@ impl UpstreamClient {
         *request.method_mut() = method;
         *request.uri_mut() = uri;
         *request.headers_mut() = headers;
-        let resp = self
-            .direct
-            .request(request)
-            .await
-            .map_err(UpstreamError::from_hyper)?;
+        let resp = self.direct.send(request).await?;
         let (parts, body) = resp.into_parts();
         let body = http_body_util::BodyDataStream::new(body)
             .map(|r| r.map_err(|e| UpstreamError::Body(error::chain(&e))));
@@ -538,9 +532,15 @@ pub fn request_url(
     }
 }
 
-fn build_direct_client(cfg: &UpstreamConfig) -> Result<DirectClient, UpstreamError> {
+/// The dialer of the direct pool: TCP (`TCP_NODELAY`, keep-alive, connect timeout) and
+/// rustls with the platform's certificate verifier for https.
+fn build_connector(
+    cfg: &UpstreamConfig,
+) -> Result<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    UpstreamError,
+> {
     use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::{TokioExecutor, TokioTimer};
 
     let mut http = HttpConnector::new();
     // https URLs are handed to the TLS layer above.
@@ -548,21 +548,14 @@ fn build_direct_client(cfg: &UpstreamConfig) -> Result<DirectClient, UpstreamErr
     http.set_nodelay(true);
     http.set_connect_timeout(Some(cfg.connect_timeout));
     http.set_keepalive(Some(cfg.tcp_keepalive));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_provider_and_platform_verifier(rustls::crypto::ring::default_provider())
         .map_err(|e| {
             UpstreamError::Config(format!("cannot set up TLS certificate verification: {e}"))
         })?
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
-    Ok(
-        hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .build(https),
-    )
+        .wrap_connector(http))
 }
 
 /// The client of the control plane's one-off calls (OAuth token exchange, refresh, usage):
