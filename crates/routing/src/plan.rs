@@ -927,22 +927,17 @@ mod tests {
             let (short, full) = (router(strategy, 3), full_router(strategy, 3));
             for rotation in [0, 7, 999, 1000, 123_456] {
                 let req = RouteRequest::new("m", "k");
-                let a = short.plan(
-                    &accounts,
-                    &req,
-                    &fresh,
-                    NOW,
-                    rotation,
-                    &mut SplitMix64::new(1),
-                );
-                let b = full.plan(
-                    &accounts,
-                    &req,
-                    &fresh,
-                    NOW,
-                    rotation,
-                    &mut SplitMix64::new(1),
-                );
+                let plan = |r: &Router| {
+                    r.plan(
+                        &accounts,
+                        &req,
+                        &fresh,
+                        NOW,
+                        rotation,
+                        &mut SplitMix64::new(1),
+                    )
+                };
+                let (a, b) = (plan(&short), plan(&full));
                 assert!(a.truncated() && !b.truncated());
                 assert_eq!(a.candidates.len(), 16);
                 assert_eq!(b.candidates.len(), 1000);
