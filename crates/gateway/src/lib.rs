@@ -160,11 +160,6 @@ impl Gateway {
         self.gws[0].metrics.clone()
     }
 
-    /// The threads serving client connections.
-    pub fn workers(&self) -> usize {
-        self.gws.len()
-    }
-
     /// Serves until `shutdown` completes; then stops accepting, lets open requests finish
     /// (up to 30 s) and flushes the report queue.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {

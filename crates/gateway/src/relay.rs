@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use poolgate_core::ErrorClass;
-use poolgate_upstream::{BodyStream, UpstreamError};
+use poolgate_upstream::{BodyStream, UpstreamError, collect_body};
 use poolgate_wire::StreamTranslator;
 use poolgate_wire::aggregate::{AggregateError, ResponsesAggregator};
 use poolgate_wire::chat::chat_stream_error_frame;
@@ -337,43 +337,28 @@ fn usage_from_tail(tail: &[u8]) -> Option<TokenUsage> {
     usage_from_usage_slice(rest.get(colon + 1..)?)
 }
 
-/// Reads a non-streamed body the upstream announced as `len` bytes, whole: no chunk may take
-/// longer than `idle_timeout`, and it must be exactly `len` bytes long. The request's usage is
-/// read from its tail.
+/// Reads a non-streamed body the upstream announced as `len` bytes, whole, within
+/// `timeout`; it must be exactly `len` bytes long. The request's usage is read from its tail.
 pub(crate) async fn read_whole(
-    mut upstream: BodyStream,
+    upstream: BodyStream,
     len: usize,
-    idle_timeout: Duration,
+    timeout: Duration,
 ) -> Result<(Bytes, Option<TokenUsage>), UpstreamError> {
-    let idle = idle_timeout.max(Duration::from_millis(1));
-    let mut first: Option<Bytes> = None;
-    let mut buf = BytesMut::new();
-    loop {
-        let chunk = match tokio::time::timeout(idle, upstream.next()).await {
-            Ok(Some(c)) => c?,
-            Ok(None) => break,
-            Err(_) => {
-                return Err(UpstreamError::Body(format!(
-                    "no data from the upstream for {:.1} s",
-                    idle.as_secs_f64()
-                )));
-            }
-        };
-        // Usually the whole body is one chunk: keep it as it is, copy only when it is not.
-        match first.take() {
-            None if buf.is_empty() => first = Some(chunk),
-            None => buf.extend_from_slice(&chunk),
-            Some(f) => {
-                buf.reserve(len);
-                buf.extend_from_slice(&f);
-                buf.extend_from_slice(&chunk);
-            }
+    let body = match tokio::time::timeout(timeout, collect_body(upstream, len)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(UpstreamError::TooLarge { .. })) => {
+            return Err(UpstreamError::Body(format!(
+                "the upstream announced {len} bytes and sent more"
+            )));
         }
-        if first.as_ref().map_or(buf.len(), Bytes::len) > len {
-            break;
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(UpstreamError::Body(format!(
+                "the body did not arrive within {:.1} s",
+                timeout.as_secs_f64()
+            )));
         }
-    }
-    let body = first.unwrap_or_else(|| buf.freeze());
+    };
     if body.len() != len {
         return Err(UpstreamError::Body(format!(
             "the upstream announced {len} bytes and sent {}",

@@ -41,6 +41,32 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     }
 }
 
+/// A request handler the servers can clone into every connection.
+pub(crate) trait Handler: Clone + Send + Sync + 'static {
+    type Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static;
+    fn call(&self, req: Request<Incoming>) -> Self::Fut;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
+{
+    type Fut = Fut;
+    fn call(&self, req: Request<Incoming>) -> Fut {
+        self(req)
+    }
+}
+
+/// Waits up to `grace` (and a second) for the connections to finish, then aborts the rest.
+async fn drain(mut conns: JoinSet<()>, grace: Duration) {
+    let _ = tokio::time::timeout(grace + Duration::from_secs(1), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.abort_all();
+}
+
 fn http_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -56,17 +82,14 @@ fn http_builder() -> auto::Builder<TokioExecutor> {
 
 /// Serves one accepted connection with `handler` until it ends, or until `shutdown`, after
 /// which it gets `grace` to finish its requests.
-async fn serve_connection<F, Fut>(
+async fn serve_connection(
     stream: TcpStream,
     builder: auto::Builder<TokioExecutor>,
-    handler: F,
+    handler: impl Handler,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
-) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
-{
-    let svc = service_fn(handler);
+) {
+    let svc = service_fn(move |req| handler.call(req));
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -123,19 +146,14 @@ struct WorkerSlot {
 /// handler `make(i)` builds for it (so each worker has its own upstream pool). Accepts on the
 /// caller's runtime and hands each connection to the worker with the fewest open ones. On
 /// `shutdown` the listener closes and open connections get `grace` to finish.
-pub(crate) async fn serve_workers<M, F, Fut>(
+pub(crate) async fn serve_workers<H: Handler>(
     listener: TcpListener,
     workers: usize,
     metrics: &Metrics,
-    make: M,
+    make: impl Fn(usize) -> H,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
-) -> std::io::Result<()>
-where
-    M: Fn(usize) -> F,
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
-{
+) -> std::io::Result<()> {
     let mut slots = Vec::with_capacity(workers.max(1));
     let mut finished = Vec::with_capacity(workers.max(1));
     for i in 0..workers.max(1) {
@@ -216,16 +234,13 @@ impl Drop for OpenGuard {
     }
 }
 
-async fn run_worker<F, Fut>(
+async fn run_worker(
     mut rx: mpsc::Receiver<std::net::TcpStream>,
-    handler: F,
+    handler: impl Handler,
     open: Gauge,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
-) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
-{
+) {
     let builder = http_builder();
     let mut conns = JoinSet::new();
     loop {
@@ -259,25 +274,18 @@ async fn run_worker<F, Fut>(
     while rx.try_recv().is_ok() {
         open.dec();
     }
-    let _ = tokio::time::timeout(grace + Duration::from_secs(1), async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
-    conns.abort_all();
+    drain(conns, grace).await;
 }
 
 /// Accepts connections and serves each with `handler` until `shutdown`; then open
 /// connections get `grace` to finish their requests.
-pub(crate) async fn serve<F, Fut>(
+pub(crate) async fn serve(
     listener: TcpListener,
-    handler: F,
+    handler: impl Handler,
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
     what: &'static str,
-) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
-{
+) {
     let builder = http_builder();
     let mut conns = JoinSet::new();
     while let Some(stream) = accept(&listener, &mut shutdown, what).await {
@@ -286,11 +294,7 @@ pub(crate) async fn serve<F, Fut>(
         conns.spawn(serve_connection(stream, builder, handler, stop, grace));
     }
     drop(listener);
-    let _ = tokio::time::timeout(grace + Duration::from_secs(1), async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await;
-    conns.abort_all();
+    drain(conns, grace).await;
 }
 
 fn text(status: u16, body: &'static str) -> Response<Body> {

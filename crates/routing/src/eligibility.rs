@@ -319,9 +319,8 @@ fn quota_status(a: &RouteAccount) -> bool {
     a.status == AccountStatus::Unavailable && a.status_reason == Some(StatusReason::QuotaExhausted)
 }
 
-/// The time-dependent rules (quota windows and their resets), for an account that passed
-/// [`judge_static`].
-/// The time-dependent rules (quota windows, the quota guard) for one account.
+/// The time-dependent rules (quota windows and their resets, the quota guard), for an
+/// account that passed [`judge_static`].
 pub(crate) fn judge_quota(a: &RouteAccount, guard: &QuotaGuard, now_ms: UnixMillis) -> Verdict {
     let quota_status = quota_status(a);
     let Some(usage) = a.usage.as_ref() else {

@@ -5,9 +5,9 @@
 //! the provider's URL and header profile, and hands back the status, headers and a body
 //! stream.
 //!
-//! - One shared HTTP/1.1 keep-alive pool (`TCP_NODELAY`, 15 s connect timeout, no total
-//!   timeout: streams last as long as the upstream keeps them open), plus one pool per
-//!   account proxy (`http`, `https`, `socks5`, `socks5h`).
+//! - An HTTP/1.1 keep-alive pool per client (`TCP_NODELAY`, 15 s connect timeout, no total
+//!   timeout: streams last as long as the upstream keeps them open; see `pool`), plus one
+//!   reqwest client per account proxy (`http`, `https`, `socks5`, `socks5h`).
 //! - Codex: `{base}/responses`, `{base}/responses/compact`, `{base}/models?client_version=`,
 //!   with the official client's headers (seed spec §10.2 [H], §18.1–18.2).
 //! - OpenAI: `{base}{path}` with `Authorization: Bearer <api key>`, the body as given.
@@ -176,7 +176,8 @@ pub async fn collect_body(mut body: BodyStream, limit: usize) -> Result<Bytes, U
     Ok(buf.freeze())
 }
 
-/// The HTTP clients. Cheap to share (`Arc`); build one per process.
+/// The HTTP clients. Cheap to share (`Arc`); a gateway builds one per serving thread, so
+/// each thread keeps its own upstream connections.
 pub struct UpstreamClient {
     cfg: UpstreamConfig,
     /// Accounts without a proxy (the hot path): hyper's HTTP/1.1 connections over rustls,
