@@ -9,7 +9,8 @@
 # servers share the machine's cores (nothing is pinned): read ratios, not absolute figures.
 #
 # Usage: scripts/bench-gateway.sh     (4-5 minutes once the release build is cached; a cold
-#        release build of the workspace adds several minutes)
+#        release build of the workspace adds several minutes, and poolgate's fat-LTO dist
+#        build about five more)
 # Knobs (environment): BENCH_RATE (1000), BENCH_LATENCY_SECS (15), BENCH_STREAMS (1000),
 #   BENCH_ACCOUNTS (10000), BENCH_KEYS (100000), BENCH_CONNECTIONS (32),
 #   BENCH_THROUGHPUT_ROUNDS (4 interleaved rounds of 4 s per target), BENCH_JSON (a path
@@ -44,9 +45,11 @@ fi
 [ -x "$NGINX" ] || die "nginx is not installed"
 
 # --- release binaries ------------------------------------------------------------------------
-log "building release binaries (poolgate, poolctl, poolgate-mock-upstream, poolgate-bench)"
-cargo build --release --quiet -p poolgate -p poolctl -p poolgate-testkit -p poolgate-bench --bins
+log "building release binaries (poolctl, poolgate-mock-upstream, poolgate-bench) and poolgate as shipped (dist profile)"
+cargo build --release --quiet -p poolctl -p poolgate-testkit -p poolgate-bench --bins
+cargo build --profile dist --quiet -p poolgate --bins
 BIN="$CARGO_TARGET_DIR/release"
+DIST="$CARGO_TARGET_DIR/dist"
 for b in poolgate poolctl poolgate-mock-upstream poolgate-bench; do
   [ -x "$BIN/$b" ] || die "$BIN/$b was not built"
 done
@@ -167,7 +170,7 @@ log "nginx on http://127.0.0.1:$NGINX_PORT (proxy_pass to the mock, upstream kee
 # The control plane's OAuth and usage calls go to the mock too: nothing leaves loopback.
 POOLGATE_OAUTH_ISSUER="$MOCK" POOLGATE_USAGE_BASE_URL="$MOCK/backend-api" \
 POOLGATE_LOG="${POOLGATE_LOG:-warn,poolgate=info,poolgate_control=info,poolgate_gateway=info}" \
-  "$BIN/poolgate" standalone --data-dir "$TMP/data" --grpc-listen 127.0.0.1:0 \
+  "$DIST/poolgate" standalone --data-dir "$TMP/data" --grpc-listen 127.0.0.1:0 \
   --admin-listen 127.0.0.1:0 --gateway-listen 127.0.0.1:0 --gateway-admin-listen 127.0.0.1:0 \
   >"$TMP/poolgate.out" 2>"$TMP/poolgate.log" &
 GW_PID=$!
@@ -183,7 +186,7 @@ log "poolgate standalone (pid $GW_PID): gateway $GATEWAY, gRPC $GRPC"
 # the large-snapshot load goes through it.
 [ -s "$TMP/data/node.token" ] || die "standalone wrote no node token to $TMP/data/node.token"
 POOLGATE_LOG="${POOLGATE_LOG:-warn,poolgate=info,poolgate_gateway=info}" \
-  "$BIN/poolgate" gateway --control-url "$GRPC" --node-token-file "$TMP/data/node.token" \
+  "$DIST/poolgate" gateway --control-url "$GRPC" --node-token-file "$TMP/data/node.token" \
   --node-id bench-gateway --gateway-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
   >"$TMP/gateway.out" 2>"$TMP/gateway.log" &
 GW2_PID=$!

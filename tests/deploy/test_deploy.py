@@ -1308,7 +1308,15 @@ class DockerTest(unittest.TestCase):
             for line in s["lines"]:
                 if "cargo build" in line:
                     cmd = line[line.index("cargo build") :].split("&&")[0].split()
-                    self.assertIn("--release", cmd)
+                    # The release profile, or one the workspace defines (dist: fat LTO).
+                    if "--release" in cmd:
+                        out_dir = "release"
+                    else:
+                        self.assertIn("--profile", cmd, "an optimised build")
+                        out_dir = cmd[cmd.index("--profile") + 1]
+                        profiles = workspace().get("profile", {})
+                        self.assertIn(out_dir, profiles, f"no [profile.{out_dir}] in Cargo.toml")
+                        self.assertEqual(profiles[out_dir].get("inherits"), "release")
                     self.assertIn("--locked", cmd)
                     ps = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-p"]
                     bins = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--bin"]
@@ -1319,7 +1327,10 @@ class DockerTest(unittest.TestCase):
                         self.assertTrue(
                             any(b in pkgs[p] for p in ps), f"{b} is not a binary of {ps}"
                         )
-                    for m in re.finditer(r"install -D -m 0755 target/release/(\S+) (\S+)", line):
+                    installs = re.findall(r"install -D -m 0755 target/([^/\s]+)/(\S+) (\S+)", line)
+                    for d, _, _ in installs:
+                        self.assertEqual(d, out_dir, "binaries are copied from the profile built")
+                    for m in re.finditer(r"install -D -m 0755 target/[^/\s]+/(\S+) (\S+)", line):
                         self.assertIn(
                             m.group(1), built, f"{s['name']} copies {m.group(1)} it did not build"
                         )
@@ -1327,7 +1338,8 @@ class DockerTest(unittest.TestCase):
         self.assertEqual(produced["builder"], {"/out/poolgate", "/out/poolctl"})
         self.assertEqual(produced["mock-builder"], {"/out/poolgate-mock-upstream"})
         builder_cmd = " ".join(by_name["builder"]["lines"])
-        self.assertIn("cargo build --release --locked -p poolgate -p poolctl", builder_cmd)
+        # What ships is built with the fat-LTO dist profile.
+        self.assertIn("cargo build --profile dist --locked -p poolgate -p poolctl", builder_cmd)
 
         # COPY --from only takes what an earlier stage produced.
         for i, s in enumerate(stages):

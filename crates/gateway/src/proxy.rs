@@ -315,7 +315,9 @@ async fn api_inner(
         }
     };
     if matches!(route, Route::Messages | Route::CountTokens) {
-        return messages(gw, view, key, parts.headers, body, route, fin).await;
+        // Boxed: its future is large, and every request's future is sized for its largest
+        // branch (hyper moves the whole of it into the connection per request).
+        return Box::pin(messages(gw, view, key, parts.headers, body, route, fin)).await;
     }
     let Some(peek) = Peek::parse(&body) else {
         return fail(
@@ -1361,18 +1363,18 @@ impl Call {
                 .usage(&state.account.id, now_ms(), u.primary, u.secondary);
         }
         if !(200..300).contains(&status) {
-            return self
-                .upstream_error(
-                    state,
-                    cell,
-                    guard,
-                    status,
-                    resp.headers,
-                    resp.body,
-                    latency,
-                    fin,
-                )
-                .await;
+            // Boxed: the error path's future would otherwise size every attempt's.
+            return Box::pin(self.upstream_error(
+                state,
+                cell,
+                guard,
+                status,
+                resp.headers,
+                resp.body,
+                latency,
+                fin,
+            ))
+            .await;
         }
         let request_id = fin.log.id.clone();
         let delivery = self.delivery(provider, &resp.headers, &request_id);
@@ -1452,7 +1454,7 @@ impl Call {
                 }
             }
             Delivery::Aggregate(kind) => {
-                match aggregate(resp.body, self.gw.cfg.max_aggregate_bytes).await {
+                match Box::pin(aggregate(resp.body, self.gw.cfg.max_aggregate_bytes)).await {
                     Aggregated::Done { response, usage } => {
                         self.note_success(state, cell, status, latency, &mut fin);
                         drop(guard);

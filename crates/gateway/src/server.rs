@@ -11,15 +11,16 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -67,41 +68,97 @@ async fn drain(mut conns: JoinSet<()>, grace: Duration) {
     conns.abort_all();
 }
 
-fn http_builder() -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+/// The builders every connection is served with: HTTP/1.1, or h2c with prior knowledge.
+#[derive(Clone)]
+struct Builders {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+fn builders() -> Builders {
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         // Head and body in one buffer, one plain write: cheaper than a vectored write for
         // the small answers and frames a gateway mostly sends.
         .writev(false);
-    builder.http2().timer(TokioTimer::new());
-    builder
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new());
+    Builders {
+        http1: h1,
+        http2: h2,
+    }
 }
 
-/// Serves one accepted connection with `handler` until it ends, or until `shutdown`, after
-/// which it gets `grace` to finish its requests.
-async fn serve_connection(
-    stream: TcpStream,
-    builder: auto::Builder<TokioExecutor>,
-    handler: impl Handler,
+/// The first bytes of the HTTP/2 connection preface. `PRI` is reserved as an HTTP/1 method
+/// for exactly this: a client speaking h2c with prior knowledge sends it first.
+const H2_PREFACE_START: &[u8] = b"PRI";
+
+/// Whether the client opened with the HTTP/2 preface; looks without consuming, so the
+/// chosen protocol reads the bytes itself. `None` if the connection closed or failed first.
+async fn opens_with_h2(stream: &TcpStream) -> Option<bool> {
+    let mut buf = [0u8; 3];
+    loop {
+        let n = stream.peek(&mut buf).await.ok()?;
+        match n {
+            0 => return None,
+            n if n >= buf.len() => return Some(buf == *H2_PREFACE_START),
+            // Fewer bytes than needed: decide now if they already rule HTTP/2 out.
+            n if buf[..n] != H2_PREFACE_START[..n] => return Some(false),
+            _ => stream.readable().await.ok()?,
+        }
+    }
+}
+
+/// Drives a served connection until it ends, or until `stop`, after which it gets `grace`
+/// to finish the requests under way (idle keep-alive connections close at once).
+async fn drive<C, E>(
+    conn: C,
+    graceful: impl FnOnce(Pin<&mut C>),
     mut stop: watch::Receiver<bool>,
     grace: Duration,
-) {
-    let svc = service_fn(move |req| handler.call(req));
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(conn);
     tokio::select! {
+        biased;
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         }
         _ = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
+            graceful(conn.as_mut());
             let _ = tokio::time::timeout(grace, conn).await;
         }
+    }
+}
+
+/// Serves one accepted connection with `handler` until it ends, or until `shutdown`, after
+/// which it gets `grace` to finish its requests. HTTP/1.1 goes straight to hyper's HTTP/1
+/// connection (no protocol-sniffing wrapper around every read); h2c is recognised by its
+/// preface, within the header read timeout.
+async fn serve_connection(
+    stream: TcpStream,
+    builders: Builders,
+    handler: impl Handler,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let h2 = match tokio::time::timeout(HEADER_READ_TIMEOUT, opens_with_h2(&stream)).await {
+        Ok(Some(h2)) => h2,
+        Ok(None) | Err(_) => return,
+    };
+    let svc = service_fn(move |req| handler.call(req));
+    let io = TokioIo::new(stream);
+    if h2 {
+        let conn = builders.http2.serve_connection(io, svc);
+        drive(conn, |c| c.graceful_shutdown(), stop, grace).await;
+    } else {
+        let conn = builders.http1.serve_connection(io, svc);
+        drive(conn, |c| c.graceful_shutdown(), stop, grace).await;
     }
 }
 
@@ -241,7 +298,7 @@ async fn run_worker(
     mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let builder = http_builder();
+    let builders = builders();
     let mut conns = JoinSet::new();
     loop {
         let stream = tokio::select! {
@@ -263,10 +320,10 @@ async fn run_worker(
             }
         };
         while conns.try_join_next().is_some() {}
-        let (handler, builder, stop) = (handler.clone(), builder.clone(), shutdown.clone());
+        let (handler, builders, stop) = (handler.clone(), builders.clone(), shutdown.clone());
         conns.spawn(async move {
             let _guard = guard;
-            serve_connection(stream, builder, handler, stop, grace).await;
+            serve_connection(stream, builders, handler, stop, grace).await;
         });
     }
     // Connections already handed over but not picked up are closed unserved.
@@ -286,12 +343,12 @@ pub(crate) async fn serve(
     grace: Duration,
     what: &'static str,
 ) {
-    let builder = http_builder();
+    let builders = builders();
     let mut conns = JoinSet::new();
     while let Some(stream) = accept(&listener, &mut shutdown, what).await {
         while conns.try_join_next().is_some() {}
-        let (handler, builder, stop) = (handler.clone(), builder.clone(), shutdown.clone());
-        conns.spawn(serve_connection(stream, builder, handler, stop, grace));
+        let (handler, builders, stop) = (handler.clone(), builders.clone(), shutdown.clone());
+        conns.spawn(serve_connection(stream, builders, handler, stop, grace));
     }
     drop(listener);
     drain(conns, grace).await;

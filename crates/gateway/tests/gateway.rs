@@ -93,6 +93,59 @@ async fn readiness_health_and_metrics() {
     h.stop().await;
 }
 
+/// The client port speaks HTTP/1.1 and h2c (prior knowledge) on one socket, told apart by a
+/// look at the first bytes: a request line trickling in byte by byte, an h2c client and a
+/// connection that closes half-way through the preface are each handled.
+#[tokio::test]
+async fn http1_and_h2c_share_the_client_port() {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let h = Harness::empty(test_config()).await;
+    let addr = h.url("").trim_start_matches("http://").to_string();
+
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"PR").await.unwrap();
+    drop(s);
+
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = b"GET /health HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n";
+    for (i, b) in request.iter().enumerate() {
+        s.write_all(&[*b]).await.unwrap();
+        if i < 4 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
+
+    let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{addr}/health"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let r = send.send_request(req).await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.version()),
+        (200, http::Version::HTTP_2)
+    );
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+    // Unknown paths get the gateway's error in HTTP/2 too.
+    let req = http::Request::get(format!("http://{addr}/nowhere"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 404);
+}
+
 #[tokio::test]
 async fn platform_key_authentication() {
     let h = Harness::start(test_config(), |m| {

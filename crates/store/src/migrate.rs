@@ -30,6 +30,11 @@ pub(crate) const SQLITE: &[Migration] = &[
         name: "translation",
         sql: include_str!("../migrations/sqlite/0004_translation.sql"),
     },
+    Migration {
+        version: 5,
+        name: "log_key",
+        sql: include_str!("../migrations/sqlite/0005_log_key.sql"),
+    },
 ];
 
 pub(crate) const POSTGRES: &[Migration] = &[
@@ -52,6 +57,11 @@ pub(crate) const POSTGRES: &[Migration] = &[
         version: 4,
         name: "translation",
         sql: include_str!("../migrations/postgres/0004_translation.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "log_key",
+        sql: include_str!("../migrations/postgres/0005_log_key.sql"),
     },
 ];
 
@@ -120,5 +130,66 @@ mod tests {
             }
         }
         assert_eq!(SQLITE.len(), POSTGRES.len());
+    }
+
+    #[test]
+    fn sqlite_v5_rebuilds_request_logs_keeping_rows_and_dedup() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        for m in &SQLITE[..4] {
+            c.execute_batch(m.sql).unwrap();
+        }
+        let insert = |id: &str, ts: i64, conflict: &str| {
+            c.execute(
+                &format!(
+                    "INSERT INTO request_logs (id, ts_ms, method, path, protocol, status, \
+                     input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, \
+                     duration_ms, node, attempts, upstream_model) VALUES (?1, ?2, 'POST', \
+                     '/v1/responses', 'openai_responses', 200, 1, 0, 2, 0, 30, 'gw', '[]', \
+                     'gpt-5') ON CONFLICT ({conflict}) DO NOTHING"
+                ),
+                rusqlite::params![id, ts],
+            )
+            .unwrap()
+        };
+        assert_eq!(insert("b", 2, "id"), 1);
+        assert_eq!(insert("a", 1, "id"), 1);
+        c.execute_batch(SQLITE[4].sql).unwrap();
+
+        let rows: Vec<(String, i64, String)> = c
+            .prepare("SELECT id, ts_ms, upstream_model FROM request_logs ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                ("a".into(), 1, "gpt-5".into()),
+                ("b".into(), 2, "gpt-5".into())
+            ]
+        );
+        // A record sent again is dropped by the (ts_ms, id) key; a new one goes in.
+        assert_eq!(insert("a", 1, "ts_ms, id"), 0);
+        assert_eq!(insert("c", 3, "ts_ms, id"), 1);
+        let indexes: Vec<(String, bool)> = c
+            .prepare("SELECT name, \"unique\" FROM pragma_index_list('request_logs') ORDER BY name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            indexes,
+            [
+                ("request_logs_account_idx".into(), false),
+                ("request_logs_error_idx".into(), false),
+                ("request_logs_key_idx".into(), false),
+                ("request_logs_model_idx".into(), false),
+                ("request_logs_status_idx".into(), false),
+                ("request_logs_ts_idx".into(), true),
+            ],
+            "one unique index, no primary key's beside it"
+        );
     }
 }

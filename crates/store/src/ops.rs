@@ -1346,7 +1346,6 @@ pub(crate) const LOG_COLS: &str = "id, ts_ms, key_id, account_id, method, path, 
     status, error_class, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, \
     ttfb_ms, duration_ms, node, attempts, translation, upstream_model";
 
-/// The values of one record, in [`LOG_COLS`] order.
 /// Longest text kept per request-log field.
 const LOG_TEXT_MAX: usize = 2048;
 
@@ -1357,12 +1356,162 @@ fn log_text(s: &str) -> Val {
     if s.len() <= LOG_TEXT_MAX && !s.contains('\0') {
         return Val::Text(s.to_string());
     }
-    Val::Text(
+    let mut out = String::new();
+    push_log_text(&mut out, s);
+    Val::Text(out)
+}
+
+/// Appends `s` cleaned as [`log_text`] cleans it.
+fn push_log_text(out: &mut String, s: &str) {
+    if s.len() <= LOG_TEXT_MAX && !s.contains('\0') {
+        out.push_str(s);
+        return;
+    }
+    out.extend(
         s.chars()
             .take(LOG_TEXT_MAX)
-            .map(|c| if c == '\0' { '\u{FFFD}' } else { c })
-            .collect(),
-    )
+            .map(|c| if c == '\0' { '\u{FFFD}' } else { c }),
+    );
+}
+
+/// A batch of request logs encoded for binding field by field: every text in one buffer,
+/// so a row costs no allocation of its own (the SQLite store's ingest, the hot path of a
+/// standalone under load). Holds what [`log_params`] gives, in the same order.
+pub(crate) struct LogRows {
+    text: String,
+    rows: Vec<LogRow>,
+    /// Where each record's attempts are encoded before they join `text`.
+    scratch: Vec<u8>,
+}
+
+type Span = std::ops::Range<usize>;
+
+pub(crate) struct LogRow {
+    id: Span,
+    ts_ms: i64,
+    key_id: Option<Span>,
+    account_id: Option<Span>,
+    method: Span,
+    path: Span,
+    model: Option<Span>,
+    protocol: Span,
+    status: i64,
+    error_class: Option<&'static str>,
+    tokens: [i64; 4],
+    ttfb_ms: Option<i64>,
+    duration_ms: i64,
+    node: Span,
+    attempts: Span,
+    translation: &'static str,
+    upstream_model: Option<Span>,
+}
+
+/// One bound value of a [`LogRow`].
+pub(crate) enum LogVal<'a> {
+    Null,
+    Int(i64),
+    Text(&'a str),
+}
+
+impl LogRows {
+    pub(crate) fn encode(logs: &[RequestLog]) -> Result<LogRows> {
+        let mut out = LogRows {
+            text: String::with_capacity(logs.len() * 256),
+            rows: Vec::with_capacity(logs.len()),
+            scratch: Vec::new(),
+        };
+        for r in logs {
+            let row = LogRow {
+                id: out.push(&r.id),
+                ts_ms: r.ts_ms,
+                key_id: r.key_id.as_deref().map(|s| out.push(s)),
+                account_id: r.account_id.as_deref().map(|s| out.push(s)),
+                method: out.push(&r.method),
+                path: out.push(&r.path),
+                model: r.model.as_deref().map(|s| out.push(s)),
+                protocol: out.push(&r.protocol),
+                status: i64::from(r.status),
+                error_class: r.error_class.map(|e| e.as_str()),
+                tokens: [
+                    r.input_tokens,
+                    r.cached_input_tokens,
+                    r.output_tokens,
+                    r.reasoning_tokens,
+                ]
+                .map(|n| i64::try_from(n).unwrap_or(i64::MAX)),
+                ttfb_ms: r.ttfb_ms.map(i64::from),
+                duration_ms: i64::from(r.duration_ms),
+                node: out.push(&r.node),
+                attempts: out.push_json(&r.attempts)?,
+                translation: r.translation.as_str(),
+                upstream_model: r.upstream_model.as_deref().map(|s| out.push(s)),
+            };
+            out.rows.push(row);
+        }
+        Ok(out)
+    }
+
+    fn push(&mut self, s: &str) -> Span {
+        let start = self.text.len();
+        push_log_text(&mut self.text, s);
+        start..self.text.len()
+    }
+
+    fn push_json<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<Span> {
+        let start = self.text.len();
+        self.scratch.clear();
+        serde_json::to_writer(&mut self.scratch, v)
+            .map_err(|e| StoreError::Internal(format!("cannot encode JSON: {e}")))?;
+        let json = std::str::from_utf8(&self.scratch)
+            .map_err(|_| StoreError::Internal("JSON encoder wrote non-UTF-8".into()))?;
+        self.text.push_str(json);
+        Ok(start..self.text.len())
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The values of row `i`, in [`LOG_COLS`] order, handed to `bind` with their 1-based
+    /// parameter index.
+    pub(crate) fn bind<E>(
+        &self,
+        i: usize,
+        mut bind: impl FnMut(usize, LogVal<'_>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        let Some(r) = self.rows.get(i) else {
+            return Ok(());
+        };
+        let text = |s: &Span| LogVal::Text(self.text.get(s.clone()).unwrap_or_default());
+        let opt = |s: &Option<Span>| s.as_ref().map_or(LogVal::Null, text);
+        let [input, cached, output, reasoning] = r.tokens;
+        let vals = [
+            text(&r.id),
+            LogVal::Int(r.ts_ms),
+            opt(&r.key_id),
+            opt(&r.account_id),
+            text(&r.method),
+            text(&r.path),
+            opt(&r.model),
+            text(&r.protocol),
+            LogVal::Int(r.status),
+            r.error_class.map_or(LogVal::Null, LogVal::Text),
+            LogVal::Int(input),
+            LogVal::Int(cached),
+            LogVal::Int(output),
+            LogVal::Int(reasoning),
+            r.ttfb_ms.map_or(LogVal::Null, LogVal::Int),
+            LogVal::Int(r.duration_ms),
+            text(&r.node),
+            text(&r.attempts),
+            LogVal::Text(r.translation),
+            opt(&r.upstream_model),
+        ];
+        for (n, v) in vals.into_iter().enumerate() {
+            bind(n + 1, v)?;
+        }
+        Ok(())
+    }
 }
 
 fn opt_log_text(s: &Option<String>) -> Val {
@@ -1536,8 +1685,8 @@ pub(crate) const PRUNE_CHUNK: i64 = 5_000;
 /// Deletes up to [`PRUNE_CHUNK`] records older than `before_ms`; returns how many.
 pub(crate) async fn prune_request_logs_chunk<T: Tx>(tx: &T, before_ms: i64) -> Result<u64> {
     tx.exec(
-        "DELETE FROM request_logs WHERE id IN \
-         (SELECT id FROM request_logs WHERE ts_ms < $1 ORDER BY ts_ms LIMIT $2)",
+        "DELETE FROM request_logs WHERE (ts_ms, id) IN \
+         (SELECT ts_ms, id FROM request_logs WHERE ts_ms < $1 ORDER BY ts_ms LIMIT $2)",
         &[before_ms.into(), PRUNE_CHUNK.into()],
     )
     .await

@@ -262,7 +262,7 @@ static COPY_STAGING: LazyLock<String> = LazyLock::new(|| {
 static INSERT_FROM_STAGING: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO request_logs ({cols}) SELECT {cols} FROM request_logs_staging \
-         ON CONFLICT (id) DO NOTHING",
+         ON CONFLICT (ts_ms, id) DO NOTHING",
         cols = ops::LOG_COLS
     )
 });

@@ -140,7 +140,7 @@ static INSERT_LOG: LazyLock<String> = LazyLock::new(|| {
     let n = ops::LOG_COLS.split(',').count();
     let ph: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
     format!(
-        "INSERT INTO request_logs ({}) VALUES ({}) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO request_logs ({}) VALUES ({}) ON CONFLICT (ts_ms, id) DO NOTHING",
         ops::LOG_COLS,
         ph.join(", ")
     )
@@ -519,10 +519,7 @@ impl Store for SqliteStore {
             return Ok(0);
         }
         // Encode before taking the connection, so the lock is held only for the inserts.
-        let rows = logs
-            .iter()
-            .map(ops::log_params)
-            .collect::<Result<Vec<_>>>()?;
+        let rows = ops::LogRows::encode(logs)?;
         self.run(move |conn| {
             let t = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -530,8 +527,14 @@ impl Store for SqliteStore {
             let mut written = 0u64;
             {
                 let mut st = t.prepare_cached(&INSERT_LOG).map_err(map_err)?;
-                for r in &rows {
-                    written += st.execute(params_from_iter(r.iter())).map_err(map_err)? as u64;
+                for i in 0..rows.len() {
+                    rows.bind(i, |n, v| match v {
+                        ops::LogVal::Null => st.raw_bind_parameter(n, rusqlite::types::Null),
+                        ops::LogVal::Int(x) => st.raw_bind_parameter(n, x),
+                        ops::LogVal::Text(x) => st.raw_bind_parameter(n, x),
+                    })
+                    .map_err(map_err)?;
+                    written += st.raw_execute().map_err(map_err)? as u64;
                 }
             }
             t.commit().map_err(map_err)?;

@@ -1756,7 +1756,7 @@ async fn reopen_keeps_data_and_migrations_are_idempotent(f: &Fixture) {
         );
         assert_eq!(other.get_policy().await.unwrap().p2c_window, 9);
     }
-    assert_eq!(f.count("schema_migrations").await, 4);
+    assert_eq!(f.count("schema_migrations").await, 5);
 }
 
 async fn managed_by_handover(f: &Fixture) {
@@ -2038,7 +2038,7 @@ async fn postgres_replicas_migrate_a_new_database_together() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 4);
+    assert_eq!(n, 5);
 }
 
 #[tokio::test]

@@ -279,6 +279,17 @@ impl UpstreamClient {
         let Some(proxy) = proxy else {
             return self.send_direct(url, req, headers).await;
         };
+        // Boxed: few accounts go through a proxy, and reqwest's future is large.
+        Box::pin(self.send_proxied(proxy, url, req, headers)).await
+    }
+
+    async fn send_proxied(
+        &self,
+        proxy: &str,
+        url: String,
+        req: UpstreamRequest<'_>,
+        headers: HeaderMap,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let client = self.proxied_client(proxy)?;
         let mut builder = client.request(req.endpoint.method(), url).headers(headers);
         if req.endpoint.method() == Method::POST {

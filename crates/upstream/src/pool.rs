@@ -215,7 +215,18 @@ impl Pool {
                 },
             }
         }
-        let mut tx = self.connect(&uri).await?;
+        // Boxed: connecting is rare, and its future would otherwise size every request's.
+        Box::pin(self.send_fresh(&uri, key, req)).await
+    }
+
+    /// Sends `req` on a new connection, which then joins the pool.
+    async fn send_fresh(
+        self: &Arc<Self>,
+        uri: &Uri,
+        key: Key,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        let mut tx = self.connect(uri).await?;
         tx.ready()
             .await
             .map_err(|e| UpstreamError::Connect(chain(&e)))?;

@@ -534,6 +534,63 @@ fn usage_value() -> impl Strategy<Value = Value> {
         })
 }
 
+/// Usage objects of the shapes providers actually send: integer (or null) counts, flat
+/// details, plain scalars beside them; what the fast path in `usage_from_usage_slice` reads.
+fn plain_usage_value() -> impl Strategy<Value = Value> {
+    let count = prop_oneof![
+        any::<u64>().prop_map(|n| json!(n)),
+        (0u64..100_000).prop_map(|n| json!(n)),
+        Just(Value::Null),
+    ];
+    let scalar = prop_oneof![
+        Just(json!(0)),
+        Just(json!("standard")),
+        Just(json!(true)),
+        Just(Value::Null),
+        (0u64..10).prop_map(|n| json!(n)),
+    ];
+    let key = prop_oneof![
+        Just("input_tokens"),
+        Just("prompt_tokens"),
+        Just("output_tokens"),
+        Just("completion_tokens"),
+        Just("total_tokens"),
+        Just("cache_read_input_tokens"),
+        Just("cache_creation_input_tokens"),
+    ];
+    let details = prop_oneof![
+        Just("input_tokens_details"),
+        Just("prompt_tokens_details"),
+        Just("output_tokens_details"),
+        Just("completion_tokens_details"),
+    ];
+    let inner = prop_oneof![
+        Just("cached_tokens"),
+        Just("reasoning_tokens"),
+        Just("audio_tokens")
+    ];
+    (
+        prop::collection::vec((key, count.clone()), 0..7),
+        prop::collection::vec((details, prop::collection::vec((inner, count), 0..3)), 0..3),
+        prop::collection::vec(("[a-z_]{1,12}", scalar), 0..3),
+    )
+        .prop_map(|(flat, nested, other)| {
+            let mut m = Map::new();
+            for (k, v) in other {
+                m.insert(k, v);
+            }
+            for (k, v) in flat {
+                m.insert(k.into(), v);
+            }
+            for (k, fields) in nested {
+                let d: Map<String, Value> =
+                    fields.into_iter().map(|(f, v)| (f.into(), v)).collect();
+                m.insert(k.into(), Value::Object(d));
+            }
+            Value::Object(m)
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -570,6 +627,19 @@ proptest! {
         bytes.extend_from_slice(b" ,");
         bytes.extend_from_slice(&junk);
         prop_assert_eq!(usage_from_usage_slice(&bytes), usage_from_usage_object(&tree));
+    }
+
+    #[test]
+    fn plain_usage_reads_like_the_tree(u in plain_usage_value(), pretty in any::<bool>(), junk in prop::collection::vec(any::<u8>(), 0..16)) {
+        let text = if pretty {
+            serde_json::to_string_pretty(&u).expect("serializes")
+        } else {
+            u.to_string()
+        };
+        let mut bytes = text.into_bytes();
+        bytes.extend_from_slice(b"}\n");
+        bytes.extend_from_slice(&junk);
+        prop_assert_eq!(usage_from_usage_slice(&bytes), usage_from_usage_object(&u));
     }
 
     #[test]
