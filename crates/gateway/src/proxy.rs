@@ -1236,6 +1236,17 @@ impl Call {
             poolgate_routing::Outcome::Success { latency },
             now_ms(),
         );
+        self.note_success_logged(state, status, latency, fin);
+    }
+
+    /// The log and metrics of a successful attempt whose outcome the health cell has.
+    fn note_success_logged(
+        &self,
+        state: &AccountState,
+        status: u16,
+        latency: Duration,
+        fin: &mut Finish,
+    ) {
         fin.log.attempts.push(Attempt {
             account_id: state.account.id.clone(),
             status,
@@ -1265,8 +1276,12 @@ impl Call {
     ) -> Step {
         match read_whole(resp.body, len, self.gw.cfg.stream_idle_timeout).await {
             Ok((body, usage)) => {
-                drop(guard);
-                self.note_success(state, cell, status, latency, &mut fin);
+                guard.record_and_release(
+                    &self.view.router,
+                    poolgate_routing::Outcome::Success { latency },
+                    now_ms(),
+                );
+                self.note_success_logged(state, status, latency, &mut fin);
                 fin.first_byte(status);
                 let mut r = respond::with_status(status, respond::full(body));
                 *r.headers_mut() = respond::relay_headers(&resp.headers, &fin.log.id);

@@ -92,7 +92,9 @@ impl HealthCell {
         self.mirror(&h);
         drop(h);
         self.gauge.inc();
-        Ok(InflightGuard { cell: self.clone() })
+        Ok(InflightGuard {
+            cell: Some(self.clone()),
+        })
     }
 
     pub fn record(
@@ -116,16 +118,41 @@ impl HealthCell {
 /// Counts one attempt in flight until dropped (when the response has been fully streamed,
 /// the client went away, or the attempt failed over).
 pub(crate) struct InflightGuard {
-    cell: Arc<HealthCell>,
+    /// `None` once released by [`InflightGuard::record_and_release`].
+    cell: Option<Arc<HealthCell>>,
+}
+
+impl InflightGuard {
+    /// Records the attempt's outcome and frees its slot under one lock of the account's
+    /// health: an answer read whole ends both at once, and every serving thread takes that
+    /// lock for the same busy account.
+    pub fn record_and_release(
+        mut self,
+        router: &Router,
+        outcome: Outcome,
+        now_ms: UnixMillis,
+    ) -> Option<Cooldown> {
+        let cell = self.cell.take()?;
+        let mut h = lock(&cell.health);
+        let c = router.record(&mut h, outcome, now_ms);
+        h.release();
+        cell.mirror(&h);
+        drop(h);
+        cell.gauge.dec();
+        c
+    }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        let mut h = lock(&self.cell.health);
+        let Some(cell) = self.cell.take() else {
+            return;
+        };
+        let mut h = lock(&cell.health);
         h.release();
-        self.cell.mirror(&h);
+        cell.mirror(&h);
         drop(h);
-        self.cell.gauge.dec();
+        cell.gauge.dec();
     }
 }
 
@@ -755,5 +782,24 @@ mod tests {
         let c = cell.record(&v.router, Outcome::Upstream5xx, 1_000).unwrap();
         assert_eq!(c.until_ms, 31_000);
         assert_eq!(cell.load().cooldown_until_ms, Some(31_000));
+
+        // Recording and releasing at once does both, and the guard's drop adds nothing.
+        let g = cell.try_acquire(&v.router, acc, 40_000, true).unwrap();
+        assert_eq!(cell.load().inflight, 1);
+        let before = cell.health();
+        let latency = Duration::from_millis(250);
+        assert!(
+            g.record_and_release(&v.router, Outcome::Success { latency }, 40_000)
+                .is_none()
+        );
+        assert_eq!(cell.load().inflight, 0);
+        assert_ne!(cell.health(), before, "the success was recorded");
+        let g = cell.try_acquire(&v.router, acc, 40_000, true).unwrap();
+        let f = cell.try_acquire(&v.router, acc, 40_000, true).unwrap();
+        let c = g.record_and_release(&v.router, Outcome::Upstream5xx, 41_000);
+        assert_eq!(c.map(|c| c.until_ms), Some(71_000));
+        assert_eq!(cell.load().inflight, 1);
+        drop(f);
+        assert_eq!(cell.load().inflight, 0);
     }
 }

@@ -488,6 +488,24 @@ fn anthropic_stream_shape(frames: &[SseEvent]) -> Result<(), String> {
     Ok(())
 }
 
+/// The count fields a usage object may carry, in any provider's naming.
+const COUNT_KEYS: &[&str] = &[
+    "input_tokens",
+    "prompt_tokens",
+    "output_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+];
+
+const DETAILS_KEYS: &[&str] = &[
+    "input_tokens_details",
+    "prompt_tokens_details",
+    "output_tokens_details",
+    "completion_tokens_details",
+];
+
 fn usage_value() -> impl Strategy<Value = Value> {
     let count = prop_oneof![
         any::<u32>().prop_map(|n| json!(n)),
@@ -497,22 +515,8 @@ fn usage_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         Just(json!({"n": 1})),
     ];
-    let key = prop_oneof![
-        Just("input_tokens"),
-        Just("prompt_tokens"),
-        Just("output_tokens"),
-        Just("completion_tokens"),
-        Just("total_tokens"),
-        Just("cache_read_input_tokens"),
-        Just("cache_creation_input_tokens"),
-        Just("unrelated"),
-    ];
-    let details = prop_oneof![
-        Just("input_tokens_details"),
-        Just("prompt_tokens_details"),
-        Just("output_tokens_details"),
-        Just("completion_tokens_details"),
-    ];
+    let key = prop_oneof![prop::sample::select(COUNT_KEYS), Just("unrelated"),];
+    let details = prop::sample::select(DETAILS_KEYS);
     let inner = prop_oneof![Just("cached_tokens"), Just("reasoning_tokens"), Just("x")];
     (
         prop::collection::vec((key, count.clone()), 0..6),
@@ -549,21 +553,8 @@ fn plain_usage_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         (0u64..10).prop_map(|n| json!(n)),
     ];
-    let key = prop_oneof![
-        Just("input_tokens"),
-        Just("prompt_tokens"),
-        Just("output_tokens"),
-        Just("completion_tokens"),
-        Just("total_tokens"),
-        Just("cache_read_input_tokens"),
-        Just("cache_creation_input_tokens"),
-    ];
-    let details = prop_oneof![
-        Just("input_tokens_details"),
-        Just("prompt_tokens_details"),
-        Just("output_tokens_details"),
-        Just("completion_tokens_details"),
-    ];
+    let key = prop::sample::select(COUNT_KEYS);
+    let details = prop::sample::select(DETAILS_KEYS);
     let inner = prop_oneof![
         Just("cached_tokens"),
         Just("reasoning_tokens"),
