@@ -140,4 +140,17 @@ async fn run(f: &Fixture) {
         .await
         .unwrap();
     assert_eq!(rest.total.requests, (TOTAL - old) as u64);
+    // A batch partly sent before writes only what is new, wherever the repeats fall.
+    let before = f.count("request_logs").await;
+    let extra = logs::generate("extra", 75, 7);
+    let resend: Vec<RequestLog> = extra.iter().step_by(3).cloned().collect();
+    assert_eq!(
+        s.insert_request_logs(&resend).await.unwrap(),
+        resend.len() as u64
+    );
+    assert_eq!(
+        s.insert_request_logs(&extra).await.unwrap(),
+        (extra.len() - resend.len()) as u64
+    );
+    assert_eq!(f.count("request_logs").await, before + extra.len() as i64);
 }
