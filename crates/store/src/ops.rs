@@ -1514,34 +1514,20 @@ impl LogRows {
     }
 }
 
-fn opt_log_text(s: &Option<String>) -> Val {
-    s.as_deref().map_or(Val::Null, log_text)
-}
-
-/// The values of one record, in [`LOG_COLS`] order.
+/// The values of one record, in [`LOG_COLS`] order (the PostgreSQL store's COPY rows), as
+/// [`LogRows`] binds them.
 pub(crate) fn log_params(r: &RequestLog) -> Result<Vec<Val>> {
-    Ok(vec![
-        log_text(&r.id),
-        r.ts_ms.into(),
-        opt_log_text(&r.key_id),
-        opt_log_text(&r.account_id),
-        log_text(&r.method),
-        log_text(&r.path),
-        opt_log_text(&r.model),
-        log_text(&r.protocol),
-        r.status.into(),
-        r.error_class.map(|e| e.as_str()).into(),
-        r.input_tokens.into(),
-        r.cached_input_tokens.into(),
-        r.output_tokens.into(),
-        r.reasoning_tokens.into(),
-        r.ttfb_ms.into(),
-        r.duration_ms.into(),
-        log_text(&r.node),
-        to_json(&r.attempts)?.into(),
-        r.translation.as_str().into(),
-        opt_log_text(&r.upstream_model),
-    ])
+    let rows = LogRows::encode(std::slice::from_ref(r))?;
+    let mut out = Vec::with_capacity(LOG_COLS.split(',').count());
+    let Ok(()) = rows.bind(0, |_, v| {
+        out.push(match v {
+            LogVal::Null => Val::Null,
+            LogVal::Int(n) => Val::I64(n),
+            LogVal::Text(t) => Val::Text(t.to_string()),
+        });
+        Ok::<(), std::convert::Infallible>(())
+    });
+    Ok(out)
 }
 
 fn log_from_row(r: &Row) -> Result<RequestLog> {

@@ -506,6 +506,23 @@ const DETAILS_KEYS: &[&str] = &[
     "completion_tokens_details",
 ];
 
+/// A usage object of other keys, then counts, then `*_details` objects (later keys win).
+fn usage_object(
+    other: Vec<(String, Value)>,
+    flat: Vec<(&str, Value)>,
+    nested: Vec<(&str, Vec<(&str, Value)>)>,
+) -> Value {
+    let mut m: Map<String, Value> = other.into_iter().collect();
+    for (k, v) in flat {
+        m.insert(k.into(), v);
+    }
+    for (k, fields) in nested {
+        let d: Map<String, Value> = fields.into_iter().map(|(f, v)| (f.into(), v)).collect();
+        m.insert(k.into(), Value::Object(d));
+    }
+    Value::Object(m)
+}
+
 fn usage_value() -> impl Strategy<Value = Value> {
     let count = prop_oneof![
         any::<u32>().prop_map(|n| json!(n)),
@@ -523,19 +540,7 @@ fn usage_value() -> impl Strategy<Value = Value> {
         prop::collection::vec((details, prop::collection::vec((inner, count), 0..3)), 0..3),
         json_value(),
     )
-        .prop_map(|(flat, nested, other)| {
-            let mut m = Map::new();
-            for (k, v) in flat {
-                m.insert(k.into(), v);
-            }
-            for (k, fields) in nested {
-                let d: Map<String, Value> =
-                    fields.into_iter().map(|(f, v)| (f.into(), v)).collect();
-                m.insert(k.into(), Value::Object(d));
-            }
-            m.insert("other".into(), other);
-            Value::Object(m)
-        })
+        .prop_map(|(flat, nested, other)| usage_object(vec![("other".into(), other)], flat, nested))
 }
 
 /// Usage objects of the shapes providers actually send: integer (or null) counts, flat
@@ -565,21 +570,7 @@ fn plain_usage_value() -> impl Strategy<Value = Value> {
         prop::collection::vec((details, prop::collection::vec((inner, count), 0..3)), 0..3),
         prop::collection::vec(("[a-z_]{1,12}", scalar), 0..3),
     )
-        .prop_map(|(flat, nested, other)| {
-            let mut m = Map::new();
-            for (k, v) in other {
-                m.insert(k, v);
-            }
-            for (k, v) in flat {
-                m.insert(k.into(), v);
-            }
-            for (k, fields) in nested {
-                let d: Map<String, Value> =
-                    fields.into_iter().map(|(f, v)| (f.into(), v)).collect();
-                m.insert(k.into(), Value::Object(d));
-            }
-            Value::Object(m)
-        })
+        .prop_map(|(flat, nested, other)| usage_object(other, flat, nested))
 }
 
 proptest! {
