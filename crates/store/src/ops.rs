@@ -1376,7 +1376,8 @@ fn push_log_text(out: &mut String, s: &str) {
 
 /// A batch of request logs encoded for binding field by field: every text in one buffer,
 /// so a row costs no allocation of its own (the SQLite store's ingest, the hot path of a
-/// standalone under load). Holds what [`log_params`] gives, in the same order.
+/// standalone under load). The one place a record's column values are made: the PostgreSQL
+/// store's COPY rows ([`log_params`]) are read from it too.
 pub(crate) struct LogRows {
     text: String,
     rows: Vec<LogRow>,
