@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -68,11 +69,14 @@ async fn drain(mut conns: JoinSet<()>, grace: Duration) {
     conns.abort_all();
 }
 
-/// The builders every connection is served with: HTTP/1.1, or h2c with prior knowledge.
+/// The builders every connection is served with: HTTP/1.1, or h2c with prior knowledge;
+/// `auto` (which reads the first bytes itself and replays them) for a connection whose
+/// first bytes do not tell yet.
 #[derive(Clone)]
 struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
+    auto: auto::Builder<TokioExecutor>,
 }
 
 fn builders() -> Builders {
@@ -84,9 +88,16 @@ fn builders() -> Builders {
         .writev(false);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new());
+    let mut auto = auto::Builder::new(TokioExecutor::new());
+    auto.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .writev(false);
+    auto.http2().timer(TokioTimer::new());
     Builders {
         http1: h1,
         http2: h2,
+        auto,
     }
 }
 
@@ -94,20 +105,29 @@ fn builders() -> Builders {
 /// for exactly this: a client speaking h2c with prior knowledge sends it first.
 const H2_PREFACE_START: &[u8] = b"PRI";
 
-/// Whether the client opened with the HTTP/2 preface; looks without consuming, so the
-/// chosen protocol reads the bytes itself. `None` if the connection closed or failed first.
-async fn opens_with_h2(stream: &TcpStream) -> Option<bool> {
+/// What a connection's first bytes say it speaks.
+#[derive(Debug, PartialEq)]
+enum Opening {
+    Http1,
+    Http2,
+    /// A prefix of the preface (`P`, `PR`; `POST` starts so too): not yet known.
+    Undecided,
+}
+
+/// Looks at the first bytes without consuming them (the chosen protocol reads them itself),
+/// once: a peek does not clear readiness, so waiting for more bytes here would spin. `None`
+/// if the connection closed or failed first.
+async fn opening(stream: &TcpStream) -> Option<Opening> {
     let mut buf = [0u8; 3];
-    loop {
-        let n = stream.peek(&mut buf).await.ok()?;
-        match n {
-            0 => return None,
-            n if n >= buf.len() => return Some(buf == *H2_PREFACE_START),
-            // Fewer bytes than needed: decide now if they already rule HTTP/2 out.
-            n if buf[..n] != H2_PREFACE_START[..n] => return Some(false),
-            _ => stream.readable().await.ok()?,
-        }
-    }
+    let n = stream.peek(&mut buf).await.ok()?;
+    let seen = buf.get(..n).filter(|b| !b.is_empty())?;
+    Some(if !H2_PREFACE_START.starts_with(seen) {
+        Opening::Http1
+    } else if n == buf.len() {
+        Opening::Http2
+    } else {
+        Opening::Undecided
+    })
 }
 
 /// Drives a served connection until it ends, or until `stop`, after which it gets `grace`
@@ -139,7 +159,8 @@ async fn drive<C, E>(
 /// Serves one accepted connection with `handler` until it ends, or until `shutdown`, after
 /// which it gets `grace` to finish its requests. HTTP/1.1 goes straight to hyper's HTTP/1
 /// connection (no protocol-sniffing wrapper around every read); h2c is recognised by its
-/// preface, within the header read timeout.
+/// preface. The rare connection whose first bytes do not decide goes to hyper-util's auto
+/// builder, which reads on until they do.
 async fn serve_connection(
     stream: TcpStream,
     builders: Builders,
@@ -147,18 +168,25 @@ async fn serve_connection(
     stop: watch::Receiver<bool>,
     grace: Duration,
 ) {
-    let h2 = match tokio::time::timeout(HEADER_READ_TIMEOUT, opens_with_h2(&stream)).await {
-        Ok(Some(h2)) => h2,
+    let opening = match tokio::time::timeout(HEADER_READ_TIMEOUT, opening(&stream)).await {
+        Ok(Some(o)) => o,
         Ok(None) | Err(_) => return,
     };
     let svc = service_fn(move |req| handler.call(req));
     let io = TokioIo::new(stream);
-    if h2 {
-        let conn = builders.http2.serve_connection(io, svc);
-        drive(conn, |c| c.graceful_shutdown(), stop, grace).await;
-    } else {
-        let conn = builders.http1.serve_connection(io, svc);
-        drive(conn, |c| c.graceful_shutdown(), stop, grace).await;
+    match opening {
+        Opening::Http1 => {
+            let conn = builders.http1.serve_connection(io, svc);
+            drive(conn, |c| c.graceful_shutdown(), stop, grace).await;
+        }
+        Opening::Http2 => {
+            let conn = builders.http2.serve_connection(io, svc);
+            drive(conn, |c| c.graceful_shutdown(), stop, grace).await;
+        }
+        Opening::Undecided => {
+            let conn = builders.auto.serve_connection(io, svc);
+            drive(conn, |c| c.graceful_shutdown(), stop, grace).await;
+        }
     }
 }
 

@@ -94,8 +94,9 @@ async fn readiness_health_and_metrics() {
 }
 
 /// The client port speaks HTTP/1.1 and h2c (prior knowledge) on one socket, told apart by a
-/// look at the first bytes: a request line trickling in byte by byte, an h2c client and a
-/// connection that closes half-way through the preface are each handled.
+/// look at the first bytes: request lines trickling in byte by byte (`POST` starts like the
+/// h2 preface, so its first bytes do not decide), an h2c client and a connection that closes
+/// half-way through the preface are each handled.
 #[tokio::test]
 async fn http1_and_h2c_share_the_client_port() {
     use http_body_util::BodyExt;
@@ -108,18 +109,32 @@ async fn http1_and_h2c_share_the_client_port() {
     s.write_all(b"PR").await.unwrap();
     drop(s);
 
-    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let request = b"GET /health HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n";
-    for (i, b) in request.iter().enumerate() {
-        s.write_all(&[*b]).await.unwrap();
-        if i < 4 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    // Sent a byte at a time, each request is read whole; the first answers 200, the second
+    // (whose `P` could still begin the h2 preface) the gateway's 405, over HTTP/1.1.
+    let trickle = |request: &'static [u8]| {
+        let addr = addr.clone();
+        async move {
+            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            for (i, b) in request.iter().enumerate() {
+                s.write_all(&[*b]).await.unwrap();
+                if i < 4 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            let mut answer = String::new();
+            s.read_to_string(&mut answer).await.unwrap();
+            answer
         }
-    }
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).await.unwrap();
+    };
+    let answer = trickle(b"GET /health HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("ok"), "{answer}");
+    let answer = trickle(
+        b"POST /health HTTP/1.1\r\nhost: gw\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer.contains("method_not_allowed"), "{answer}");
 
     let s = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http2::handshake(
