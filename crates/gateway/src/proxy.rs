@@ -1239,6 +1239,24 @@ impl Call {
         self.note_success_logged(state, status, latency, fin);
     }
 
+    /// [`Call::note_success`] for an attempt whose answer is complete: the outcome is
+    /// recorded and the in-flight slot freed under one lock of the account's health.
+    fn note_success_released(
+        &self,
+        state: &AccountState,
+        guard: InflightGuard,
+        status: u16,
+        latency: Duration,
+        fin: &mut Finish,
+    ) {
+        guard.record_and_release(
+            &self.view.router,
+            poolgate_routing::Outcome::Success { latency },
+            now_ms(),
+        );
+        self.note_success_logged(state, status, latency, fin);
+    }
+
     /// The log and metrics of a successful attempt whose outcome the health cell has.
     fn note_success_logged(
         &self,
@@ -1276,12 +1294,7 @@ impl Call {
     ) -> Step {
         match read_whole(resp.body, len, self.gw.cfg.stream_idle_timeout).await {
             Ok((body, usage)) => {
-                guard.record_and_release(
-                    &self.view.router,
-                    poolgate_routing::Outcome::Success { latency },
-                    now_ms(),
-                );
-                self.note_success_logged(state, status, latency, &mut fin);
+                self.note_success_released(state, guard, status, latency, &mut fin);
                 fin.first_byte(status);
                 let mut r = respond::with_status(status, respond::full(body));
                 *r.headers_mut() = respond::relay_headers(&resp.headers, &fin.log.id);
@@ -1471,8 +1484,7 @@ impl Call {
             Delivery::Aggregate(kind) => {
                 match Box::pin(aggregate(resp.body, self.gw.cfg.max_aggregate_bytes)).await {
                     Aggregated::Done { response, usage } => {
-                        self.note_success(state, cell, status, latency, &mut fin);
-                        drop(guard);
+                        self.note_success_released(state, guard, status, latency, &mut fin);
                         let out = match kind {
                             AggregateAs::Chat => {
                                 let names = self
@@ -1515,8 +1527,7 @@ impl Call {
                         self.network_failure(state, cell, status, started.elapsed(), &e, fin)
                     }
                     Aggregated::TooLarge(limit) => {
-                        self.note_success(state, cell, status, latency, &mut fin);
-                        drop(guard);
+                        self.note_success_released(state, guard, status, latency, &mut fin);
                         Step::Done(fail(
                             fin,
                             502,

@@ -1353,9 +1353,6 @@ const LOG_TEXT_MAX: usize = 2048;
 /// (which PostgreSQL text refuses) or an oversized value must not make a whole batch fail and
 /// be re-sent forever, so such text is cleaned instead of rejected.
 fn log_text(s: &str) -> Val {
-    if s.len() <= LOG_TEXT_MAX && !s.contains('\0') {
-        return Val::Text(s.to_string());
-    }
     let mut out = String::new();
     push_log_text(&mut out, s);
     Val::Text(out)
@@ -1377,7 +1374,7 @@ fn push_log_text(out: &mut String, s: &str) {
 /// A batch of request logs encoded for binding field by field: every text in one buffer,
 /// so a row costs no allocation of its own (the SQLite store's ingest, the hot path of a
 /// standalone under load). The one place a record's column values are made: the PostgreSQL
-/// store's COPY rows ([`log_params`]) are read from it too.
+/// store's COPY rows ([`LogRows::to_vals`]) are read from it too.
 pub(crate) struct LogRows {
     text: String,
     rows: Vec<LogRow>,
@@ -1473,6 +1470,25 @@ impl LogRows {
         self.rows.len()
     }
 
+    /// Every row as owned values, in [`LOG_COLS`] order (the PostgreSQL store's COPY rows).
+    pub(crate) fn to_vals(&self) -> Vec<Vec<Val>> {
+        let cols = LOG_COLS.split(',').count();
+        (0..self.rows.len())
+            .map(|i| {
+                let mut out = Vec::with_capacity(cols);
+                let Ok(()) = self.bind(i, |_, v| {
+                    out.push(match v {
+                        LogVal::Null => Val::Null,
+                        LogVal::Int(n) => Val::I64(n),
+                        LogVal::Text(t) => Val::Text(t.to_string()),
+                    });
+                    Ok::<(), std::convert::Infallible>(())
+                });
+                out
+            })
+            .collect()
+    }
+
     /// The values of row `i`, in [`LOG_COLS`] order, handed to `bind` with their 1-based
     /// parameter index.
     pub(crate) fn bind<E>(
@@ -1513,22 +1529,6 @@ impl LogRows {
         }
         Ok(())
     }
-}
-
-/// The values of one record, in [`LOG_COLS`] order (the PostgreSQL store's COPY rows), as
-/// [`LogRows`] binds them.
-pub(crate) fn log_params(r: &RequestLog) -> Result<Vec<Val>> {
-    let rows = LogRows::encode(std::slice::from_ref(r))?;
-    let mut out = Vec::with_capacity(LOG_COLS.split(',').count());
-    let Ok(()) = rows.bind(0, |_, v| {
-        out.push(match v {
-            LogVal::Null => Val::Null,
-            LogVal::Int(n) => Val::I64(n),
-            LogVal::Text(t) => Val::Text(t.to_string()),
-        });
-        Ok::<(), std::convert::Infallible>(())
-    });
-    Ok(out)
 }
 
 fn log_from_row(r: &Row) -> Result<RequestLog> {

@@ -664,10 +664,7 @@ impl Store for PgStore {
         if logs.is_empty() {
             return Ok(0);
         }
-        let rows = logs
-            .iter()
-            .map(ops::log_params)
-            .collect::<Result<Vec<_>>>()?;
+        let rows = ops::LogRows::encode(logs)?.to_vals();
         let mut client = self.pool.get().await?;
         let mut t = client.transaction().await.map_err(map_err)?;
         // Request logs are telemetry: not waiting for the WAL flush at commit trades the last
